@@ -1,0 +1,1 @@
+"""Competing methods, one module each, plus the reference rows (identity, static, oracle)."""

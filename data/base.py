@@ -1,0 +1,30 @@
+"""What a dataset is to the harness: a list of sample ids, each loaded lazily (so one bad sample fails alone)."""
+from __future__ import annotations
+
+import abc
+from pathlib import Path
+
+from harness.types import EditSample
+
+
+class EditDataset(abc.ABC):
+    def __init__(self, name: str, shard: int = 0, num_shards: int = 1, limit: int | None = None):
+        if not 0 <= shard < num_shards:
+            raise ValueError(f"dataset.shard must be in [0, {num_shards}), got {shard}")
+        self.name, self.shard, self.num_shards, self.limit = name, shard, num_shards, limit
+
+    @abc.abstractmethod
+    def all_ids(self) -> list[str]:
+        """Every sample id, in a fixed order."""
+
+    @abc.abstractmethod
+    def load(self, sample_id: str) -> EditSample:
+        """Read one sample; raises `SampleError` naming the sample and the file on bad input."""
+
+    def ids(self) -> list[str]:
+        """This shard's ids: every `num_shards`-th id of the first `limit` ids, starting at `shard`."""
+        ids = self.all_ids()[: self.limit] if self.limit else self.all_ids()
+        return ids[self.shard :: self.num_shards]
+
+    def build(self, data_dir: str | Path) -> None:
+        """Prepare the dataset into `data_dir` (`stage=build`); datasets read from disk need nothing."""

@@ -1,0 +1,101 @@
+"""The results store: one folder per (dataset, models, method) run under `results_dir`.
+
+    results_dir/<dataset>/<models>/<method label>/
+        run.json                   resolved config, its fingerprint, versions, seed, device, metric columns
+        summary.json               counts, means, set-level metrics (FVD): rewritten at the end of each run
+        samples/<sample id>/
+            edited.mp4             for people
+            edited.mkv             lossless, for re-scoring (`stage=score`)
+            row.json               the sample's ScoreRow (written last, atomically: its presence = done)
+            features.npz           per-video features of set-level metrics
+
+Every file is written atomically, so an interrupted run leaves only whole files behind.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from data.video_io import read_video, write_video_lossless, write_video_viewable
+from harness.files import read_json, write_json, write_npz
+from harness.types import ScoreRow
+
+
+class ConfigMismatch(RuntimeError):
+    pass
+
+
+class RunDir:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    # The run as a whole.
+    def claim(self, info: dict[str, Any]) -> None:
+        """Record the run's config; refuse to mix results of a different config into the same folder."""
+        path = self.root / "run.json"
+        if path.exists():
+            old = read_json(path)
+            if old.get("fingerprint") != info["fingerprint"]:
+                changed = _diff(old.get("fingerprint_config", {}), info["fingerprint_config"])
+                raise ConfigMismatch(
+                    f"{self.root} holds results of a different config (changed: {', '.join(changed) or '?'}). "
+                    "Give this variant its own name with tag=NAME, or delete that folder to start over."
+                )
+            info = {**info, "history": old.get("history", []) + [old.get("started")]}
+        write_json(path, info)
+
+    def info(self) -> dict[str, Any]:
+        return read_json(self.root / "run.json")
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        write_json(self.root / "summary.json", summary)
+
+    # One sample.
+    def sample_dir(self, sample_id: str) -> Path:
+        return self.root / "samples" / sample_id
+
+    def row(self, sample_id: str) -> ScoreRow | None:
+        p = self.sample_dir(sample_id) / "row.json"
+        return ScoreRow.from_json(read_json(p)) if p.exists() else None
+
+    def rows(self) -> list[ScoreRow]:
+        return [ScoreRow.from_json(read_json(p)) for p in sorted((self.root / "samples").glob("*/row.json"))]
+
+    def write_row(self, row: ScoreRow) -> None:
+        write_json(self.sample_dir(row.sample_id) / "row.json", row.to_json())
+
+    def save_video(self, sample_id: str, frames: np.ndarray, fps: float) -> None:
+        d = self.sample_dir(sample_id)
+        write_video_lossless(d / "edited.mkv", frames, fps)
+        write_video_viewable(d / "edited.mp4", frames, fps)
+
+    def load_video(self, sample_id: str) -> np.ndarray:
+        return read_video(self.sample_dir(sample_id) / "edited.mkv")
+
+    def save_features(self, sample_id: str, feats: dict[str, np.ndarray]) -> None:
+        write_npz(self.sample_dir(sample_id) / "features.npz", **feats)
+
+    def load_features(self, sample_id: str) -> dict[str, np.ndarray] | None:
+        p = self.sample_dir(sample_id) / "features.npz"
+        if not p.exists():
+            return None
+        with np.load(p) as z:
+            return {k: z[k] for k in z.files}
+
+
+def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    keys = sorted(set(a) | set(b))
+    out = []
+    for k in keys:
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _diff(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k}")
+    return out
+
+
+def find_runs(results_dir: str | Path) -> list[RunDir]:
+    return [RunDir(p.parent) for p in sorted(Path(results_dir).glob("*/*/*/run.json"))]

@@ -1,0 +1,1 @@
+"""Metrics, one module per family; each checked against a reference in tests/."""

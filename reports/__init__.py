@@ -1,0 +1,1 @@
+"""Results -> the paper's tables, plots and an HTML gallery; the paper's reference numbers as data."""

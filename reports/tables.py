@@ -1,0 +1,78 @@
+"""Everything under `results_dir` -> one table (one row per dataset × models × method), as CSV, Markdown and LaTeX.
+
+Values are means over a run's finished samples (NaN propagates, as in the paper's Table 5), and
+set-level metrics (FVD) come from the run's summary. CLIP, TIFA and SSIM columns are ×100 as the paper
+prints them; each metric says so itself in the run's recorded column info.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from harness.files import read_json, write_atomic
+from harness.results import find_runs
+
+log = logging.getLogger("report")
+
+#: The paper's column order (../shared/data/paper_tables.csv); other metrics follow, then the costs.
+PAPER_COLUMNS = ["clip_tgt", "clip_tgt_plus", "tifa", "clip_src", "clip_src_plus", "flow", "flow_plus", "fvd", "ssim", "clip_tc"]
+ID_COLUMNS = ["dataset", "method", "models", "tiny", "n", "n_failed", "n_nan"]
+COST_COLUMNS = ["seconds_per_edit", "nfe", "peak_mem_mb"]
+
+
+def collect(results_dir: str | Path) -> tuple[pd.DataFrame, dict[str, dict]]:
+    """One row per run, recomputed from the per-sample rows; plus every metric's column info."""
+    records, columns = [], {}
+    for run in find_runs(results_dir):
+        info = run.info()
+        rows = run.rows()
+        summary = read_json(run.root / "summary.json") if (run.root / "summary.json").exists() else {}
+        columns.update(summary.get("columns", {}))
+        done = [r for r in rows if r.status in ("ok", "nan")]
+        rec = {
+            "dataset": info["dataset"], "method": info["method"], "models": info["models"],
+            "tiny": bool(summary.get("tiny", info.get("tiny_models", False))),
+            "n": len(rows), "n_failed": sum(r.status == "failed" for r in rows), "n_nan": sum(r.status == "nan" for r in rows),
+        }
+        for name in sorted({k for r in done for k in r.scores}):
+            rec[name] = float(np.mean([r.scores.get(name, math.nan) for r in done]))
+        for name, v in summary.get("scores", {}).items():  # set-level metrics live only in the summary
+            if name not in rec:
+                rec[name] = math.nan if v is None else float(v)
+        for field in ("seconds", "peak_mem_mb", "nfe"):
+            vals = [getattr(r.costs, field) for r in done if getattr(r.costs, field) is not None]
+            rec["seconds_per_edit" if field == "seconds" else field] = float(np.mean(vals)) if vals else math.nan
+        records.append(rec)
+    return pd.DataFrame.from_records(records), columns
+
+
+def build_table(results_dir: str | Path) -> pd.DataFrame:
+    df, columns = collect(results_dir)
+    if df.empty:
+        return df
+    for name, col in columns.items():
+        if col.get("percent") and name in df:
+            df[name] = df[name] * 100
+    metric_cols = [c for c in PAPER_COLUMNS if c in df] + sorted(c for c in df if c not in PAPER_COLUMNS + ID_COLUMNS + COST_COLUMNS)
+    df = df[ID_COLUMNS + metric_cols + [c for c in COST_COLUMNS if c in df]]
+    return df.sort_values(["dataset", "models", "method"]).reset_index(drop=True)
+
+
+def write_report(results_dir: str | Path) -> pd.DataFrame:
+    results_dir = Path(results_dir)
+    df = build_table(results_dir)
+    if df.empty:
+        log.warning("no runs under %s: nothing to report", results_dir)
+        return df
+    shown = df.copy()
+    shown["tiny"] = shown["tiny"].map({True: "tiny (not comparable)", False: ""})
+    write_atomic(results_dir / "table.csv", df.to_csv(index=False, float_format="%.4f"))
+    md = shown.to_markdown(index=False, floatfmt=".2f")
+    write_atomic(results_dir / "table.md", md + "\n")
+    write_atomic(results_dir / "table.tex", shown.to_latex(index=False, float_format="%.2f", na_rep="NaN"))
+    print(md)
+    return df
