@@ -1,0 +1,61 @@
+"""Where real weights come from: a local copy (`models.root`) or the Hugging Face cache / hub at a pinned revision.
+
+Every real model is then loaded by its library's own `from_pretrained` on the folder returned here, so
+tests can save tiny models and load them back through exactly this path. Nothing here ever falls back to
+random weights: a model that cannot be found is one clear `MissingWeights` error, raised within seconds
+(the hub is probed once with a short timeout instead of waiting out the client's retries).
+"""
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+
+class MissingWeights(RuntimeError):
+    pass
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def local_model_dir(repo_id: str, revision: str | None = None, root: str | os.PathLike | None = None,
+                    allow_patterns: list[str] | None = None) -> Path:
+    """A local folder with the model's files.
+
+    With `root`: `root/<repo name>` (or `root/<owner>/<repo name>`, or `root` itself if it is the model).
+    Without: the hub cache at `revision` (HF_HOME / HF_HUB_CACHE honoured), downloading it if the hub
+    can be reached and HF_HUB_OFFLINE is not set.
+    """
+    if root is not None:
+        root = Path(root).expanduser()
+        for cand in (root / repo_id.split("/")[-1], root / repo_id, root):
+            if cand.is_dir() and any(cand.glob("*.json")) or (cand / "model_index.json").exists():
+                return cand
+        raise MissingWeights(
+            f"{repo_id}: not found under models.root={root} (looked for {root / repo_id.split('/')[-1]}). "
+            "Put the model's files there, or run with models=tiny for offline random-weight smoke tests."
+        )
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, local_files_only=True, allow_patterns=allow_patterns))
+    except (LocalEntryNotFoundError, FileNotFoundError, OSError):
+        pass
+    if not _hub_reachable():
+        raise MissingWeights(
+            f"{repo_id}@{revision or 'main'}: not in the Hugging Face cache and the hub cannot be reached. "
+            "Download it where the hub is reachable and set models.root=DIR (a folder holding "
+            f"{repo_id.split('/')[-1]}/), or run with models=tiny for offline random-weight smoke tests."
+        )
+    return Path(snapshot_download(repo_id, revision=revision, allow_patterns=allow_patterns))
