@@ -1,0 +1,45 @@
+"""Shared fixtures: the sample track built once per test session, and Hydra configs composed like run.py's."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    """A data_dir holding the built sample track (built once per session)."""
+    from data.sample_track import build
+
+    d = tmp_path_factory.mktemp("data")
+    build(d / "sample")
+    return d
+
+
+@pytest.fixture(scope="session")
+def sample_track(data_dir):
+    from data.sample_track import SampleTrack
+
+    return SampleTrack(data_dir=data_dir)
+
+
+@pytest.fixture
+def compose(tmp_path, data_dir):
+    """compose(*overrides) -> the config run.py would get, with results in a fresh tmp dir."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    import run  # registers the repo_root resolver  # noqa: F401
+
+    def _compose(*overrides: str, results_dir: Path | None = None):
+        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+            return hydra_compose(
+                config_name="config",
+                overrides=[f"results_dir={results_dir or tmp_path / 'results'}", f"data_dir={data_dir}", *overrides],
+            )
+
+    return _compose
