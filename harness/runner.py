@@ -197,7 +197,7 @@ def run(cfg: DictConfig, overrides: list[str] = ()) -> dict[str, Any]:
     if stage == "edit":
         run_dir.claim({
             "dataset": str(cfg.dataset.name), "method": label, "method_name": str(cfg.method.name),
-            "models": str(cfg.models.name), "tiny_models": bool(cfg.models.get("tiny", False)),
+            "models": str(cfg.models.name), "tiny_models": _edit_is_tiny(cfg, method),
             "fingerprint": fingerprint, "fingerprint_config": fp_cfg, "started": started,
             "seed": cfg.seed, "device": device, "argv": sys.argv, "overrides": list(overrides),
             "versions": package_versions(), "config": OmegaConf.to_container(cfg, resolve=True),
@@ -228,7 +228,7 @@ def run(cfg: DictConfig, overrides: list[str] = ()) -> dict[str, Any]:
     set_scores = _set_scores(suite, run_dir, ok_ids) if ok_ids else {}
     if any(r.status == "nan" for r in rows.values()):  # a set-level score over part of the set would mislead
         set_scores = {c: math.nan for c in _set_columns(suite)}
-    summary = summarize(rows.values(), set_scores, suite, label, str(dataset.name), str(cfg.models.name), bool(cfg.models.get("tiny", False)))
+    summary = summarize(rows.values(), set_scores, suite, label, str(dataset.name), str(cfg.models.name), _edit_is_tiny(cfg, method))
     summary.update({"finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "skipped": counts["skipped"]})
     run_dir.write_summary(summary)
     log.info("%s on %s: %d ok, %d NaN, %d failed, %d already done -> %s", label, dataset.name,
@@ -259,6 +259,11 @@ def _process(stage, sid, dataset, method, suite, run_dir, seed, device, old: Sco
     except Exception as e:  # one bad sample must not stop the run
         return ScoreRow(sid, "failed", {}, old.costs if (old and stage == "score") else Costs(),
                         f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=6)}", edit_type)
+
+
+def _edit_is_tiny(cfg: DictConfig, method: EditMethod) -> bool:
+    """Edits made with tiny random-weight models (reference rows use no models, so theirs never are)."""
+    return bool(method.uses_models and cfg.models.get("tiny", False))
 
 
 def _set_columns(suite: Suite) -> set[str]:
