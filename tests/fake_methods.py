@@ -20,3 +20,16 @@ class Unstable(EditMethod):
             err.nfe = 3
             raise err
         return EditedVideo(sample.source.copy(), nfe=2)
+
+
+class Interrupting(EditMethod):
+    """Returns the source, but raises KeyboardInterrupt (a user's Ctrl-C) on the sample named by the class
+    attribute `interrupt_on` (set by the test, so the run's config is the same with and without it)."""
+
+    uses_models = False
+    interrupt_on: str | None = None
+
+    def edit(self, sample: EditSample, seed: int) -> EditedVideo:
+        if sample.id == Interrupting.interrupt_on:
+            raise KeyboardInterrupt
+        return EditedVideo(sample.source.copy(), nfe=0)

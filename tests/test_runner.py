@@ -101,3 +101,31 @@ def test_stage_score_rescores_without_editing(compose, tmp_path):
     row_after = run_dir.rows()[0]
     assert row_after.scores == pytest.approx(row_before.scores) and summary["n_ok"] == 1
     assert row_after.costs.seconds == row_before.costs.seconds
+
+
+def test_ctrl_c_loses_nothing_already_finished(compose, tmp_path, sample_track):
+    ids = sample_track.ids()[:3]
+    from tests.fake_methods import Interrupting
+
+    cfg = ("method=identity", "dataset.limit=3", "method._target_=tests.fake_methods.Interrupting", "tag=interrupted")
+    Interrupting.interrupt_on = ids[1]
+    with pytest.raises(KeyboardInterrupt):
+        run.main(compose(*cfg))
+    run_dir = RunDir(tmp_path / "results" / "sample" / "tiny" / "interrupted")
+    assert [r.sample_id for r in run_dir.rows()] == [ids[0]]
+    assert not list(run_dir.root.rglob(".*"))  # no half-written temporary files left behind
+    # The rerun (now uninterrupted) resumes: the first sample is skipped, the other two are edited.
+    Interrupting.interrupt_on = None
+    summary = run.main(compose(*cfg))
+    assert summary["skipped"] == 1 and summary["n_ok"] == 3
+
+
+def test_oracle_without_ground_truth_fails_clearly(compose, tmp_path, data_dir):
+    import shutil
+
+    root = tmp_path / "plain"
+    sid = sorted(p.name for p in (data_dir / "sample").iterdir() if p.is_dir())[0]
+    shutil.copytree(data_dir / "sample" / sid, root / sid, ignore=shutil.ignore_patterns("truth"))
+    summary = run.main(compose("method=oracle", "dataset=folder", f"dataset.root={root}"))
+    assert summary["n_failed"] == 1
+    assert "ground-truth" in summary["failures"][sid] and sid in summary["failures"][sid]
