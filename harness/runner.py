@@ -166,14 +166,27 @@ def _set_scores(suite: Suite, run: RunDir, ok_ids: list[str]) -> dict[str, Any]:
 
 
 def fingerprint_config(cfg: DictConfig, uses_models: bool) -> dict[str, Any]:
-    """What must be equal for two runs' samples to be interchangeable."""
+    """What must be equal for two runs' samples to be interchangeable.
+
+    Where things run or are stored (device, data_dir, a local weights folder) and which part of the dataset
+    a job takes (shard, limit) do not change a sample's edit, so a run may resume elsewhere or in parts.
+    """
+
+    def strip(x: Any, drop: set[str]) -> Any:
+        if isinstance(x, dict):
+            return {k: strip(v, drop) for k, v in x.items() if k not in drop}
+        return [strip(v, drop) for v in x] if isinstance(x, list) else x
+
+    def plain(node: DictConfig, drop: set[str]) -> dict[str, Any]:
+        return strip(OmegaConf.to_container(node, resolve=True), drop | {"device"})
+
     d: dict[str, Any] = {
-        "method": OmegaConf.to_container(cfg.method, resolve=True),
-        "dataset": {k: v for k, v in OmegaConf.to_container(cfg.dataset, resolve=True).items() if k not in ("shard", "num_shards", "limit")},
+        "method": plain(cfg.method, set()),
+        "dataset": plain(cfg.dataset, {"data_dir", "shard", "num_shards", "limit"}),
         "seed": cfg.seed,
     }
     if uses_models:
-        d["models"] = OmegaConf.to_container(cfg.models, resolve=True)
+        d["models"] = plain(cfg.models, {"root"})
     return d
 
 
