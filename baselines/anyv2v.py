@@ -79,7 +79,7 @@ class AnyV2V(EditMethod):
         """VAE latents of T×3×H×W frames as 1×4×T×h×w, scaled."""
         lat = torch.cat([self.m.vae.encode(frames[i:i + self.decode_chunk]).latent_dist.sample(generator)
                          for i in range(0, len(frames), self.decode_chunk)])
-        return (lat * self.m.vae.config.scaling_factor).permute(1, 0, 2, 3).unsqueeze(0)
+        return (lat * self.m.vae.config.scaling_factor).permute(1, 0, 2, 3).unsqueeze(0).contiguous()
 
     def _image_latents(self, image: torch.Tensor, num_frames: int, generator: torch.Generator) -> torch.Tensor:
         """The first-frame latent followed by I2VGen-XL's frame-position planes (k / (T-1) for frame k)."""

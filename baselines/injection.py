@@ -30,7 +30,7 @@ class InjectionState:
         return self.n_branches > 1 and kind in self.active
 
 
-def _from_source(x: torch.Tensor, n_branches: int) -> torch.Tensor:
+def from_source(x: torch.Tensor, n_branches: int) -> torch.Tensor:
     """Every chunk replaced by chunk 0 (the source branch)."""
     src = x.chunk(n_branches, dim=0)[0]
     return torch.cat([src] * n_branches, dim=0)
@@ -79,7 +79,7 @@ class QKInjectionProcessor:
             return self.plain(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
         q, k, v = attention_heads(attn, hidden_states)
         n = self.state.n_branches
-        q, k = _from_source(q, n), _from_source(k, n)
+        q, k = from_source(q, n), from_source(k, n)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask)
         return attention_output(attn, out, hidden_states)
 
@@ -93,7 +93,7 @@ class FeatureInjection:
     def __call__(self, module, inputs, output):
         if not self.state.on(self.kind):
             return None
-        return _from_source(output, self.state.n_branches)
+        return from_source(output, self.state.n_branches)
 
 
 def self_attentions(unet: torch.nn.Module, prefixes: list[str]) -> list[str]:
