@@ -8,6 +8,7 @@ very same `from_pretrained` path. Everything is loaded once per process through 
 """
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -82,6 +83,8 @@ def _build_tiny(kind: str, seed: int) -> Path:
                              up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3).save_pretrained(folder / "unet")
     else:
         raise ValueError(f"no tiny build for {kind!r}")
+    pipeline = {"i2vgen": "I2VGenXLPipeline", "sd21": "StableDiffusionPipeline"}[kind]
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": pipeline, "_tiny_random_weights": True}))
     return folder
 
 

@@ -149,3 +149,22 @@ def test_prompts_from_the_dataset_else_captions_of_both_first_frames(sample_trac
     cap = captioner(cap_cfg, "cpu")
     assert origin == "captioner"
     assert (src, tgt) == (cap([sample.source[0]])[0], cap([sample.edited_frame])[0])
+
+
+@torch.no_grad()
+def test_real_loading_path_reads_a_saved_model_folder():
+    """The tiny build saved to disk loads through `models.root` + `from_pretrained`, as real weights do."""
+    from diffusers import AutoencoderKL, I2VGenXLUNet
+
+    from harness.weights import MissingWeights
+
+    tiny = components.load(TINY, {"unet": I2VGenXLUNet, "vae": AutoencoderKL}, "cpu")
+    real_cfg = OmegaConf.create({"kind": "i2vgen", "repo": "ali-vilab/i2vgen-xl", "revision": None,
+                                 "root": str(tiny.folder), "tiny": False})
+    real = components.load(real_cfg, {"unet": I2VGenXLUNet, "vae": AutoencoderKL}, "cpu")
+    assert real.unet is not tiny.unet
+    for a, b in zip(real.unet.state_dict().values(), tiny.unet.state_dict().values()):
+        torch.testing.assert_close(a, b)
+    missing = OmegaConf.create({**real_cfg, "root": str(tiny.folder / "nowhere")})
+    with pytest.raises(MissingWeights, match="i2vgen-xl"):
+        components.load(missing, {"unet": I2VGenXLUNet}, "cpu")
