@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 
 from baselines import components, ddim, injection, resize
 from baselines.prompts import prompts
@@ -39,13 +38,11 @@ class AnyV2V(EditMethod):
         from diffusers import AutoencoderKL, DDIMScheduler, I2VGenXLUNet
         from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
-        overrides = OmegaConf.to_container(backbone.get("overrides") or {}, resolve=True) if OmegaConf.is_config(backbone) else dict(backbone.get("overrides") or {})
-        settings = dict(height=height, width=width, inversion_steps=inversion_steps, steps=steps, first_step=first_step)
-        settings.update({k: v for k, v in overrides.items() if k in settings})
+        settings, self.overrides = components.with_overrides(backbone, height=height, width=width, inversion_steps=inversion_steps,
+                                                             steps=steps, first_step=first_step)
         self.height, self.width = int(settings["height"]), int(settings["width"])
         self.inversion_steps, self.steps, self.first_step = int(settings["inversion_steps"]), int(settings["steps"]), int(settings["first_step"])
         resize.check_multiple(self.height, self.width, 8, name)
-        self.overrides = overrides
         self.guidance_scale, self.fps, self.negative_prompt = float(guidance_scale), int(fps), negative_prompt
         self.seed, self.decode_chunk = seed, int(decode_chunk)
         self.until = dict(injection_until or {"conv": 0.2, "spatial": 0.2, "temporal": 0.5})

@@ -88,6 +88,15 @@ def _build_tiny(kind: str, seed: int) -> Path:
     return folder
 
 
+def with_overrides(backbone: Any, **settings: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A method's settings with the backbone's `overrides` applied (tiny runs: small size, few steps), and the overrides."""
+    overrides = {k: v for k, v in (backbone.get("overrides") or {}).items()}
+    unknown = set(overrides) - set(settings)
+    if unknown:
+        raise ValueError(f"models overrides {sorted(unknown)} are not settings of this method ({sorted(settings)})")
+    return {**settings, **overrides}, overrides
+
+
 def model_folder(cfg: Any, subfolders: list[str]) -> Path:
     """The folder holding the model of `cfg` (a `models.<key>` config): real weights, or a tiny build."""
     if cfg.get("tiny", False):

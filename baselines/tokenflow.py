@@ -22,7 +22,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
-from omegaconf import OmegaConf
 
 from baselines import components, ddim, injection, resize
 from baselines.prompts import prompts
@@ -138,13 +137,11 @@ class TokenFlow(EditMethod):
         from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
 
-        overrides = OmegaConf.to_container(backbone.get("overrides") or {}, resolve=True) if OmegaConf.is_config(backbone) else dict(backbone.get("overrides") or {})
-        settings = dict(height=height, width=width, inversion_steps=inversion_steps, steps=steps)
-        settings.update({k: v for k, v in overrides.items() if k in settings})
+        settings, self.overrides = components.with_overrides(backbone, height=height, width=width,
+                                                             inversion_steps=inversion_steps, steps=steps)
         self.height, self.width = int(settings["height"]), int(settings["width"])
         self.inversion_steps, self.steps = int(settings["inversion_steps"]), int(settings["steps"])
         resize.check_multiple(self.height, self.width, 8, name)
-        self.overrides = overrides
         self.guidance_scale, self.group_size, self.negative_prompt = float(guidance_scale), int(group_size), negative_prompt
         self.seed, self.decode_chunk = seed, int(decode_chunk)
         self.until = dict(injection_until or {"attn": 0.5, "conv": 0.8})

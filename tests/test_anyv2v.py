@@ -62,6 +62,18 @@ def test_injection_changes_the_edit(sample_track):
     without = _method(injection_until={"conv": 0, "spatial": 0, "temporal": 0}).edit(sample, 0).frames
     assert with_inj.shape == without.shape == sample.source.shape
     assert np.abs(with_inj.astype(float) - without).mean() > 0.5
+    np.testing.assert_array_equal(_method().edit(sample, 123).frames, with_inj)  # the published seed, whatever the run's
+
+
+def test_non_finite_latents_raise_with_their_cost(sample_track):
+    from harness.method import NonFiniteEdit
+
+    full = sample_track.load(sample_track.ids()[0])
+    sample = dataclasses.replace(full, source=full.source[:3])
+    method = _method(guidance_scale=float("inf"))
+    with pytest.raises(NonFiniteEdit) as err:
+        method.edit(sample, 0)
+    assert err.value.nfe == method.inversion_steps + 1
 
 
 def _unet_inputs(unet, batch: int, frames: int = 3, seed: int = 0):
