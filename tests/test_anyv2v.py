@@ -180,3 +180,23 @@ def test_real_loading_path_reads_a_saved_model_folder():
     missing = OmegaConf.create({**real_cfg, "root": str(tiny.folder / "nowhere")})
     with pytest.raises(MissingWeights, match="i2vgen-xl"):
         components.load(missing, {"unet": I2VGenXLUNet}, "cpu")
+
+
+@torch.no_grad()
+def test_conditioning_matches_diffusers_i2vgenxl_pipeline():
+    """Text and CLIP-image conditioning as diffusers' own I2VGenXLPipeline computes them (the reference)."""
+    import PIL.Image
+    from diffusers import I2VGenXLPipeline
+
+    method = _method()
+    m = method.m
+    pipe = I2VGenXLPipeline(vae=m.vae, text_encoder=m.text_encoder, tokenizer=m.tokenizer, image_encoder=m.image_encoder,
+                            feature_extractor=m.feature_extractor, unet=m.unet, scheduler=m.scheduler)
+    pipe._guidance_scale = 1.0
+    cond, _ = pipe.encode_prompt("a red ball on a table", "cpu", 1, None)
+    torch.testing.assert_close(method._text("a red ball on a table"), cond)
+    rng = np.random.default_rng(0)
+    smooth = np.kron(rng.integers(0, 256, (4, 4, 3)), np.ones((8, 8, 1))).astype(np.uint8)  # 32×32, the encoder's size
+    ref = pipe._encode_image([PIL.Image.fromarray(smooth)], "cpu", 1)
+    mine = method._image_embedding(resize.to_working(smooth, 32, 32, "cpu"))
+    torch.testing.assert_close(mine, ref, atol=1e-5, rtol=1e-4)
