@@ -1,0 +1,122 @@
+"""Diffusers/transformers components of the related systems, from real weights or tiny random builds.
+
+Real weights: `harness.weights.local_model_dir(repo, revision, root)` and each class's own
+`from_pretrained(folder, subfolder=...)`, half precision on CUDA. Tiny (`models=tiny`): the same component
+classes with small, seeded, random-weight configs of the same architecture (same block types and layer
+counts, few channels), written with `save_pretrained` to a temporary folder and loaded back through the
+very same `from_pretrained` path. Everything is loaded once per process through `harness.cache.cached`.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+
+from harness.cache import cache_key, cached
+from harness.weights import local_model_dir
+
+TINY_CHANNELS = (8, 8, 16, 16)  # four blocks like SD 2.1 / I2VGen-XL (320, 640, 1280, 1280), scale factor 8
+TINY_CONTEXT = 32  # cross-attention width (1024 in both real models)
+
+
+def dtype_for(device: str) -> torch.dtype:
+    return torch.float16 if str(device).startswith("cuda") else torch.float32
+
+
+def _tiny_tokenizer(folder: Path):
+    """A CLIP BPE tokenizer over single bytes only (no merges): offline, and any text still tokenizes."""
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import CLIPTokenizer
+
+    chars = sorted(ByteLevel.alphabet())
+    vocab = {tok: i for i, tok in enumerate(chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"])}
+    CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77).save_pretrained(folder)
+    return len(vocab)
+
+
+def _tiny_text_encoder(vocab_size: int):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(CLIPTextConfig(vocab_size=vocab_size, hidden_size=TINY_CONTEXT, intermediate_size=64,
+                                        num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77,
+                                        projection_dim=TINY_CONTEXT, hidden_act="gelu",
+                                        bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1))
+
+
+def _tiny_vae():
+    from diffusers import AutoencoderKL
+
+    n = len(TINY_CHANNELS)
+    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=TINY_CHANNELS,
+                         down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
+                         layers_per_block=2, norm_num_groups=4, sample_size=64)
+
+
+def _build_tiny(kind: str, seed: int) -> Path:
+    """Write a tiny random-weight model folder laid out like the hub repo of `kind` (`i2vgen` or `sd21`)."""
+    from diffusers import DDIMScheduler, I2VGenXLUNet, UNet2DConditionModel
+
+    folder = Path(tempfile.mkdtemp(prefix=f"tiny-{kind}-"))
+    torch.manual_seed(seed)
+    vocab = _tiny_tokenizer(folder / "tokenizer")
+    _tiny_text_encoder(vocab).save_pretrained(folder / "text_encoder")
+    _tiny_vae().save_pretrained(folder / "vae")
+    DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
+                  set_alpha_to_one=False, steps_offset=1).save_pretrained(folder / "scheduler")
+    if kind == "i2vgen":
+        from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+        I2VGenXLUNet(sample_size=8, block_out_channels=TINY_CHANNELS, layers_per_block=2, norm_num_groups=4,
+                     cross_attention_dim=TINY_CONTEXT, attention_head_dim=2).save_pretrained(folder / "unet")
+        CLIPVisionModelWithProjection(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                                       num_attention_heads=4, image_size=32, patch_size=8,
+                                                       projection_dim=TINY_CONTEXT)).save_pretrained(folder / "image_encoder")
+        CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder / "feature_extractor")
+    elif kind == "sd21":
+        UNet2DConditionModel(sample_size=8, block_out_channels=TINY_CHANNELS, layers_per_block=2, norm_num_groups=4,
+                             cross_attention_dim=TINY_CONTEXT, attention_head_dim=2, use_linear_projection=True,
+                             down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                             up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3).save_pretrained(folder / "unet")
+    else:
+        raise ValueError(f"no tiny build for {kind!r}")
+    pipeline = {"i2vgen": "I2VGenXLPipeline", "sd21": "StableDiffusionPipeline"}[kind]
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": pipeline, "_tiny_random_weights": True}))
+    return folder
+
+
+def with_overrides(backbone: Any, **settings: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A method's settings with the backbone's `overrides` applied (tiny runs: small size, few steps), and the overrides."""
+    overrides = {k: v for k, v in (backbone.get("overrides") or {}).items()}
+    unknown = set(overrides) - set(settings)
+    if unknown:
+        raise ValueError(f"models overrides {sorted(unknown)} are not settings of this method ({sorted(settings)})")
+    return {**settings, **overrides}, overrides
+
+
+def model_folder(cfg: Any, subfolders: list[str]) -> Path:
+    """The folder holding the model of `cfg` (a `models.<key>` config): real weights, or a tiny build."""
+    if cfg.get("tiny", False):
+        return cached(cache_key("tiny-folder", cfg.kind, cfg.seed), lambda: _build_tiny(cfg.kind, int(cfg.seed)))
+    patterns = ["model_index.json", *[f"{s}/*" for s in subfolders]]
+    return local_model_dir(cfg.repo, cfg.get("revision"), cfg.get("root"), allow_patterns=patterns)
+
+
+def load(cfg: Any, classes: dict[str, type], device: str) -> SimpleNamespace:
+    """`classes`: subfolder -> class with `from_pretrained`; torch modules are moved to `device` in eval mode."""
+
+    def factory() -> SimpleNamespace:
+        folder = model_folder(cfg, list(classes))
+        parts = {}
+        for sub, cls in classes.items():
+            if issubclass(cls, torch.nn.Module):
+                m = cls.from_pretrained(folder, subfolder=sub, torch_dtype=dtype_for(device))
+                parts[sub] = m.to(device).eval().requires_grad_(False)
+            else:
+                parts[sub] = cls.from_pretrained(folder, subfolder=sub)
+        return SimpleNamespace(**parts, folder=folder)
+
+    return cached(cache_key("components", cfg, sorted(classes), device), factory)

@@ -1,0 +1,220 @@
+"""TokenFlow (Geyer et al., ICLR 2024): consistent video editing with an image model, Stable Diffusion 2.1-base.
+
+1. DDIM-invert every frame (empty prompt), keeping each step's latent (`baselines.ddim`).
+2. At every sampling step, pick one random keyframe per group of `group_size` frames and
+   a. denoise the keyframes jointly: every self-attention attends to the keys/values of all keyframes
+      (extended attention), with plug-and-play injection from a source branch (the inverted latent, empty
+      prompt) of decoder self-attention Q/K (first 50% of steps) and a decoder ResNet feature (first 80%);
+   b. denoise all frames, each self-attention output taken from the keyframes' outputs: token n of frame f
+      takes the output of its nearest neighbour (cosine similarity of the source branch's attention inputs)
+      in the previous and the next keyframe, blended linearly by temporal distance (the paper's eq. 5–6).
+3. Classifier-free guidance on the propagated prediction and a DDIM step for all frames.
+
+Frames are resized whole to the working size and back (`baselines.resize`). Cost: `nfe` counts UNet
+forward calls: one per inversion step (all frames in one batch) plus two per sampling step (keyframe
+pass, propagation pass; each carries the source branch and the CFG pair in one batch).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+from baselines import components, ddim, injection, resize
+from baselines.prompts import prompts
+from harness.method import EditMethod, NonFiniteEdit
+from harness.types import EditedVideo, EditSample
+
+
+@dataclass
+class TokenFlowState(injection.InjectionState):
+    """The pass being run: "keyframes" (extended attention, outputs recorded), "propagate", or "off" (plain)."""
+
+    mode: str = "off"
+    keyframes: list[int] = field(default_factory=list)  # frame indices of this step's keyframes, ascending
+
+
+def neighbours(num_frames: int, keyframes: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For each frame: positions (in `keyframes`) of the previous and next keyframe, and the previous one's weight."""
+    prev, nxt, w = [], [], []
+    for f in range(num_frames):
+        a = max([i for i, k in enumerate(keyframes) if k <= f], default=0)
+        b = min([i for i, k in enumerate(keyframes) if k >= f], default=len(keyframes) - 1)
+        ka, kb = keyframes[a], keyframes[b]
+        prev.append(a)
+        nxt.append(b)
+        w.append(1.0 if ka == kb else (kb - f) / (kb - ka))
+    return torch.tensor(prev), torch.tensor(nxt), torch.tensor(w)
+
+
+class TokenFlowAttnProcessor:
+    """Self-attention for TokenFlow's two passes; `inject` marks a layer that takes the source branch's Q/K."""
+
+    def __init__(self, state: TokenFlowState, inject: bool):
+        self.state, self.inject = state, inject
+        self.plain = AttnProcessor2_0()
+        self.key_inputs: torch.Tensor | None = None  # source branch's attention inputs at the keyframes, K×N×C
+        self.key_outputs: torch.Tensor | None = None  # every branch's attention outputs at the keyframes, nb×K×N×C
+
+    def __call__(self, attn: Attention, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+        s = self.state
+        if s.mode == "off" or encoder_hidden_states is not None:
+            return self.plain(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        nb = s.n_branches
+        if s.mode == "keyframes":
+            out = self._extended(attn, hidden_states)
+            self.key_inputs = hidden_states.chunk(nb)[0]
+            self.key_outputs = out.view(nb, -1, *out.shape[1:])
+            return out
+        return self._propagate(hidden_states)
+
+    def _extended(self, attn: Attention, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Each keyframe's queries attend to the keys and values of all keyframes of its own branch."""
+        s = self.state
+        q, k, v = injection.attention_heads(attn, hidden_states)  # (nb·K)×heads×N×d
+        if self.inject and s.on("attn"):
+            q, k = injection.from_source(q, s.n_branches), injection.from_source(k, s.n_branches)
+        nb, K = s.n_branches, len(s.keyframes)
+        _, h, n, d = q.shape
+
+        def joint(x: torch.Tensor) -> torch.Tensor:  # (nb·K)×h×N×d -> nb×h×(K·N)×d
+            return x.view(nb, K, h, n, d).transpose(1, 2).reshape(nb, h, K * n, d)
+
+        out = F.scaled_dot_product_attention(joint(q), joint(k), joint(v))
+        out = out.view(nb, h, K, n, d).transpose(1, 2).reshape(nb * K, h, n, d)
+        return injection.attention_output(attn, out, hidden_states)
+
+    def _propagate(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Every frame's output gathered from the keyframes' outputs at nearest-neighbour tokens, blended by distance."""
+        s = self.state
+        nb = s.n_branches
+        src = F.normalize(hidden_states.chunk(nb)[0].float(), dim=-1)  # T×N×C
+        keys = F.normalize(self.key_inputs.float(), dim=-1)  # K×N×C
+        prev, nxt, w = neighbours(src.shape[0], s.keyframes)
+        out = torch.empty(nb, *src.shape[:2], self.key_outputs.shape[-1], dtype=self.key_outputs.dtype, device=hidden_states.device)
+        for f in range(src.shape[0]):
+            parts = []
+            for pos in (int(prev[f]), int(nxt[f])):
+                nn = (src[f] @ keys[pos].T).argmax(dim=-1)  # N: index of the most similar keyframe token
+                parts.append(self.key_outputs[:, pos, nn])
+            out[:, f] = w[f].item() * parts[0] + (1 - w[f].item()) * parts[1]
+        return out.reshape(-1, *out.shape[2:])
+
+
+def install(unet: torch.nn.Module, state: TokenFlowState, inject_attention: list[str], inject_features: list[str]):
+    """TokenFlow processors on every self-attention (Q/K injection where named) and feature-injection hooks.
+
+    Returns `restore()`, which puts the UNet back as it was.
+    """
+    before = dict(unet.attn_processors)
+    procs = dict(before)
+    injected = set(injection.self_attentions(unet, inject_attention)) if inject_attention else set()
+    for name in injection.self_attentions(unet, ["down_blocks", "mid_block", "up_blocks"]):
+        procs[name] = TokenFlowAttnProcessor(state, inject=name in injected)
+    unet.set_attn_processor(procs)
+    hook = injection.FeatureInjection(state, "conv")
+    handles = [unet.get_submodule(n).register_forward_hook(hook) for n in inject_features]
+
+    def restore() -> None:
+        for h in handles:
+            h.remove()
+        unet.set_attn_processor(before)
+
+    return restore
+
+
+class TokenFlow(EditMethod):
+    """TokenFlow on Stable Diffusion 2.1-base; every number comes from the method config (published defaults there)."""
+
+    def __init__(self, name: str, backbone: Any, captioner: Any, device: str = "cpu", height: int = 384, width: int = 672,
+                 inversion_steps: int = 500, steps: int = 50, guidance_scale: float = 7.5, group_size: int = 7,
+                 negative_prompt: str = "", seed: int | None = 1, decode_chunk: int = 8,
+                 injection_until: Any = None, injection_layers: Any = None):
+        super().__init__(name, device)
+        from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        settings, self.overrides = components.with_overrides(backbone, height=height, width=width,
+                                                             inversion_steps=inversion_steps, steps=steps)
+        self.height, self.width = int(settings["height"]), int(settings["width"])
+        self.inversion_steps, self.steps = int(settings["inversion_steps"]), int(settings["steps"])
+        resize.check_multiple(self.height, self.width, 8, name)
+        self.guidance_scale, self.group_size, self.negative_prompt = float(guidance_scale), int(group_size), negative_prompt
+        self.seed, self.decode_chunk = seed, int(decode_chunk)
+        self.until = dict(injection_until or {"attn": 0.5, "conv": 0.8})
+        self.layers = {k: list(v) for k, v in (injection_layers or {}).items()}
+        self.captioner_cfg = captioner
+        self.m = components.load(backbone, {
+            "unet": UNet2DConditionModel, "vae": AutoencoderKL, "text_encoder": CLIPTextModel,
+            "tokenizer": CLIPTokenizer, "scheduler": DDIMScheduler,
+        }, device)
+        self.dtype = components.dtype_for(device)
+
+    def _text(self, prompt: str) -> torch.Tensor:
+        tok = self.m.tokenizer(prompt, padding="max_length", max_length=self.m.tokenizer.model_max_length,
+                               truncation=True, return_tensors="pt")
+        return self.m.text_encoder(tok.input_ids.to(self.device))[0]
+
+    def keyframes(self, num_frames: int, generator: torch.Generator) -> list[int]:
+        """One random frame per group of `group_size` consecutive frames."""
+        offsets = torch.randint(self.group_size, (num_frames // self.group_size,), generator=generator)
+        return [g * self.group_size + int(o) for g, o in enumerate(offsets)]
+
+    @torch.no_grad()
+    def edit(self, sample: EditSample, seed: int) -> EditedVideo:
+        seed = seed if self.seed is None else int(self.seed)
+        generator = torch.Generator().manual_seed(seed)
+        _, target_prompt, prompt_origin = prompts(sample, self.captioner_cfg, self.device)
+        T = sample.num_frames
+        if T % self.group_size:
+            raise ValueError(f"{self.name}: group_size={self.group_size} must divide the frame count {T} of {sample.id}")
+        unet, scheduler, vae = self.m.unet, self.m.scheduler, self.m.vae
+        frames = resize.to_working(sample.source, self.height, self.width, self.device, self.dtype)
+        x0 = torch.cat([vae.encode(frames[i:i + self.decode_chunk]).latent_dist.mode()
+                        for i in range(0, T, self.decode_chunk)]).contiguous() * vae.config.scaling_factor
+        empty, negative, target = self._text(""), self._text(self.negative_prompt), self._text(target_prompt)
+
+        # 1. DDIM inversion of every frame with the empty prompt
+        traj = ddim.invert(lambda x, t: unet(x, t, encoder_hidden_states=empty.repeat(T, 1, 1), return_dict=False)[0],
+                           x0, scheduler.config, self.inversion_steps)
+        nfe_inv = self.inversion_steps
+
+        # 2. sampling: keyframe pass, then propagation pass, per step
+        state = TokenFlowState(n_branches=3)
+        restore = install(unet, state, self.layers.get("attn", []), self.layers.get("conv", []))
+        scheduler.set_timesteps(self.steps, device=self.device)
+        x = traj.at(scheduler.timesteps[0])
+        nfe = 0
+        try:
+            for i, t in enumerate(scheduler.timesteps):
+                state.active = {k for k, frac in self.until.items() if i < frac * self.steps}
+                keys = self.keyframes(T, generator)
+                state.keyframes = keys
+                src = traj.at(t)
+                state.mode = "keyframes"
+                K = len(keys)
+                text_k = torch.cat([empty.expand(K, -1, -1), negative.expand(K, -1, -1), target.expand(K, -1, -1)])
+                unet(torch.cat([src[keys], x[keys], x[keys]]), t, encoder_hidden_states=text_k, return_dict=False)
+                state.mode = "propagate"
+                text_all = torch.cat([empty.expand(T, -1, -1), negative.expand(T, -1, -1), target.expand(T, -1, -1)])
+                out = unet(torch.cat([src, x, x]), t, encoder_hidden_states=text_all, return_dict=False)[0]
+                nfe += 2
+                _, uncond, cond = out.chunk(3)
+                guided = uncond + self.guidance_scale * (cond - uncond)  # classifier-free guidance
+                x = scheduler.step(guided, t, x).prev_sample  # DDIM, eta = 0
+                if not torch.isfinite(x).all():
+                    err = NonFiniteEdit(f"TokenFlow latents became non-finite at step {i}")
+                    err.nfe = nfe_inv + nfe
+                    raise err
+        finally:
+            state.mode = "off"
+            restore()
+        lat = x / vae.config.scaling_factor
+        video = torch.cat([vae.decode(lat[i:i + self.decode_chunk]).sample for i in range(0, T, self.decode_chunk)])
+        return EditedVideo(resize.to_benchmark(video, *sample.size), nfe=nfe_inv + nfe, info={
+            "nfe_inversion": nfe_inv, "nfe_sampling": nfe, "target_prompt": target_prompt, "prompt_origin": prompt_origin,
+            "working_size": [self.height, self.width], "seed": seed, "tiny_overrides": self.overrides,
+        })
