@@ -108,7 +108,7 @@ def test_paper_layouts_hold_the_paper_numbers_and_the_differences(results):
     # A metric nobody measured prints as "—" in measured rows, not as a NaN result.
     lines = [line.split("|") for line in md.splitlines() if line.startswith("|")]
     header = [c.strip() for c in lines[0]]
-    tokenflow = [c.strip() for c in next(line for line in lines if "tokenflow" in line[1])]
+    tokenflow = [c.strip() for c in next(line for line in lines if "TokenFlow" in line[1])]
     assert tokenflow[header.index("TIFA ↑")] == "—" and tokenflow[header.index("CLIP_tgt ↑")] == "60.00"
     bdia = [c.strip() for c in next(line for line in lines if "BDIA" in line[1] and "measured" in line[2])]
     assert bdia[header.index("CLIP_tgt ↑")] == "NaN"  # measured, but NaN
