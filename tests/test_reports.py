@@ -184,3 +184,14 @@ def test_linearity_matrix_reader_and_plot(tmp_path):
         read_linearity(tmp_path / "linearity" / "bad")
     paths = write_plots(tmp_path, pd.DataFrame())  # the bad folder is logged and skipped
     assert sorted(p.name for p in paths) == ["linearity_json.png", "linearity_npy.png"]
+
+
+@pytest.mark.parametrize("table", ["2", "3"])
+def test_experiment_sweeps_run_the_papers_methods(table):
+    from omegaconf import OmegaConf
+
+    exp = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "experiment" / f"table{table}.yaml")
+    methods = str(exp.hydra.sweeper.params.method).split(",")
+    paper = pd.read_csv(PAPER_CSV, dtype={"table": str})
+    assert sorted(methods) == sorted(paper.loc[paper["table"] == table, "method"])
+    assert {"override /dataset": paper.loc[paper["table"] == table, "dataset"].iloc[0]} in list(exp.defaults)
