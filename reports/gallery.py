@@ -7,7 +7,6 @@ The source, edited frame and mask are re-read through each run's own dataset con
 """
 from __future__ import annotations
 
-import html
 import logging
 import math
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ class Edit:
     label: str
     video: str | None  # path relative to results_dir
     status: str
-    scores: list[tuple[str, str]]
+    scores: list[tuple[str, str]]  # (header with arrow, value as shown)
     tiny: bool
     error: str | None = None
 
@@ -63,67 +62,105 @@ def _score_items(scores: dict[str, float], columns: dict[str, dict]) -> list[tup
     return items
 
 
-def _export_inputs(view: SampleView, runs: list[RunDir], results_dir: Path) -> None:
+@dataclass
+class _Run:
+    """A run folder with its run.json, summary and (lazily) its dataset, read once per report."""
+
+    dir: RunDir
+    info: dict
+    summary: dict
+    _dataset: object = None
+    _problem: str | None = None
+
+    @classmethod
+    def read(cls, rd: RunDir) -> "_Run":
+        summary = read_json(rd.root / "summary.json") if (rd.root / "summary.json").exists() else {}
+        return cls(rd, rd.info(), summary)
+
+    def dataset(self):
+        """The run's own dataset, instantiated from its recorded config; raises what went wrong, once per run."""
+        if self._dataset is None and self._problem is None:
+            try:
+                self._dataset = instantiate(self.info["config"]["dataset"])
+            except Exception as e:  # a moved dataset or a missing class must not stop the report
+                self._problem = f"{type(e).__name__}: {e}"
+        if self._problem is not None:
+            raise RuntimeError(self._problem)
+        return self._dataset
+
+
+def _rel(path: Path, results_dir: Path) -> str:
+    return path.relative_to(results_dir).as_posix()
+
+
+def _export_inputs(view: SampleView, runs: list[_Run], results_dir: Path) -> None:
     """Write the sample's source (H.264 mp4), edited first frame and mask into the gallery folder."""
     out = results_dir / "gallery" / view.dataset / view.id
     problems = []
     for run in runs:
         try:
-            dataset = instantiate(run.info()["config"]["dataset"])
-            sample = dataset.load(view.id)
-        except Exception as e:  # a moved or missing dataset must not stop the report
-            problems.append(f"{run.root.relative_to(results_dir)}: {type(e).__name__}: {e}")
+            sample = run.dataset().load(view.id)
+        except Exception as e:  # one unreadable sample must not stop the report
+            problems.append(f"{_rel(run.dir.root, results_dir)}: {type(e).__name__}: {e}")
             continue
         write_video_viewable(out / "source.mp4", sample.source, sample.fps)
         write_image(out / "edited.png", sample.edited_frame)
-        view.source, view.edited_frame = (str((out / n).relative_to(results_dir).as_posix()) for n in ("source.mp4", "edited.png"))
+        view.source, view.edited_frame = _rel(out / "source.mp4", results_dir), _rel(out / "edited.png", results_dir)
         if sample.mask is not None:
             write_image(out / "mask.png", sample.mask.astype(np.uint8) * 255)
-            view.mask = str((out / "mask.png").relative_to(results_dir).as_posix())
+            view.mask = _rel(out / "mask.png", results_dir)
         view.instruction = sample.instruction or sample.target_prompt or ""
         return
     view.problem = "source unavailable: " + " | ".join(problems)
     log.warning("gallery: sample %s of %s: %s", view.id, view.dataset, view.problem)
 
 
-def collect_samples(results_dir: Path) -> list[SampleView]:
-    """Every (dataset, sample id) with at least one row, and each run's edit of it."""
-    by_dataset: dict[str, list[RunDir]] = {}
-    for run in find_runs(results_dir):
-        by_dataset.setdefault(run.info()["dataset"], []).append(run)
-    views = []
+def collect_samples(results_dir: Path, max_samples: int | None = None) -> tuple[list[SampleView], dict[str, int]]:
+    """Every (dataset, sample id) with a row (the first `max_samples` ids per dataset), each run's edit of it,
+    and per dataset how many samples were left out."""
+    by_dataset: dict[str, list[_Run]] = {}
+    for rd in find_runs(results_dir):
+        run = _Run.read(rd)
+        by_dataset.setdefault(run.info["dataset"], []).append(run)
+    views, left_out = [], {}
     for dataset, runs in sorted(by_dataset.items()):
-        ids = sorted({p.parent.name for r in runs for p in (r.root / "samples").glob("*/row.json")})
+        ids = sorted({p.parent.name for r in runs for p in (r.dir.root / "samples").glob("*/row.json")})
+        if max_samples is not None and len(ids) > max_samples:
+            left_out[dataset] = len(ids) - max_samples
+            ids = ids[:max_samples]
         for sid in ids:
             view = SampleView(dataset, sid)
             _export_inputs(view, runs, results_dir)
             for run in runs:
-                row = run.row(sid)
+                row = run.dir.row(sid)
                 if row is None:
                     continue
-                info = run.info()
-                summary = read_json(run.root / "summary.json") if (run.root / "summary.json").exists() else {}
-                mp4 = run.sample_dir(sid) / "edited.mp4"
+                mp4 = run.dir.sample_dir(sid) / "edited.mp4"
+                scores = _score_items(row.scores, run.summary.get("columns", {}))
+                if not math.isnan(row.costs.seconds):
+                    scores.append(("seconds ↓", f"{row.costs.seconds:.1f}"))
                 view.edits.append(Edit(
-                    label=f"{display_name(info['method'])} · {info['models']}",
-                    video=str(mp4.relative_to(results_dir).as_posix()) if mp4.exists() else None,
+                    label=f"{display_name(run.info['method'])} · {run.info['models']}",
+                    video=_rel(mp4, results_dir) if mp4.exists() else None,
                     status=row.status,
-                    scores=_score_items(row.scores, summary.get("columns", {})),
-                    tiny=bool(summary.get("tiny", info.get("tiny_models", False))),
+                    scores=scores,
+                    tiny=bool(run.summary.get("tiny", run.info.get("tiny_models", False))),
                     error=(row.error or "").splitlines()[0] if row.error else None,
                 ))
             views.append(view)
-    return views
+    return views, left_out
 
 
-def write_gallery(results_dir: Path, tables_html: list[tuple[str, str]], plots: list[Path]) -> Path:
-    """Render `index.html`: `tables_html` as (title, html table) pairs, plot images, then the samples."""
+def write_gallery(results_dir: Path, tables_html: list[tuple[str, str]], plots: list[Path], max_samples: int | None = None) -> Path:
+    """Render `index.html`: `tables_html` as (title, html table) pairs, plot images, then the samples
+    (at most `max_samples` per dataset, so that the page stays light enough for a browser)."""
+    samples, left_out = collect_samples(results_dir, max_samples)
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html", "j2"]))
     page = env.get_template("gallery.html.j2").render(
         tables=tables_html,
-        plots=[str(p.relative_to(results_dir).as_posix()) for p in plots],
-        samples=collect_samples(results_dir),
-        results_dir=html.escape(str(results_dir)),
+        plots=[_rel(p, results_dir) for p in plots],
+        samples=samples,
+        left_out=left_out,
     )
     path = results_dir / "index.html"
     write_atomic(path, page)

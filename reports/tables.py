@@ -103,6 +103,7 @@ def write_report(results_dir: str | Path, report_cfg=None) -> pd.DataFrame:
     write_layouts(results_dir / "paper", layouts)
     tables_html += [(lay.title, lay.html()) for lay in layouts]
     plots = write_plots(results_dir, df)
-    page = write_gallery(results_dir, tables_html, plots)
+    max_samples = None if report_cfg is None else report_cfg.get("gallery_max_samples")
+    page = write_gallery(results_dir, tables_html, plots, max_samples)
     log.info("report: %s, %s, %d plots, %s", results_dir / "table.md", results_dir / "paper", len(plots), page)
     return df

@@ -141,8 +141,12 @@ def test_which_dataset_sits_beside_which_table_is_configurable(results):
     assert "tokenflow" not in set(t2["method"])
 
 
-def test_stage_report_writes_tables_layouts_plots_and_page(compose, results):
-    run.main(compose("stage=report", results_dir=results))
+def test_stage_report_writes_tables_layouts_plots_and_page(results):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(Path(run.__file__).resolve().parent / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["stage=report", f"results_dir={results}"])
+    run.main(cfg)
     table = pd.read_csv(results / "table.csv")
     assert len(table) == 4 and "time_x_videoshop" in table
     assert _row(table, method="bdia")["time_x_videoshop"] == pytest.approx(0.5)

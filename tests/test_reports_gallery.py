@@ -18,6 +18,7 @@ import pytest
 
 from harness.results import RunDir
 from harness.types import Costs, ScoreRow
+from reports.gallery import collect_samples
 from reports.tables import write_report
 
 SAMPLES = ["astronaut_add_logo", "coffee_remove_cat"]
@@ -93,6 +94,9 @@ def test_gallery_opens_from_disk_and_every_video_loads(gallery_results, tmp_path
     img = iio.imread(shot)
     assert img.shape[:2] == (WINDOW[1], WINDOW[0])
     assert img[..., :3].std() > 10  # not a blank page
+
+    views, left_out = collect_samples(gallery_results, max_samples=1)  # report.gallery_max_samples
+    assert [v.id for v in views] == SAMPLES[:1] and left_out == {"sample": len(SAMPLES) - 1}
 
     # The check can fail: a corrupt video is reported as such.
     (gallery_results / "sample" / "tiny" / "static" / "samples" / SAMPLES[0] / "edited.mp4").write_bytes(b"not a video")
