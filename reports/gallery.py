@@ -80,10 +80,14 @@ class _Run:
     def dataset(self):
         """The run's own dataset, instantiated from its recorded config; raises what went wrong, once per run."""
         if self._dataset is None and self._problem is None:
-            try:
-                self._dataset = instantiate(self.info["config"]["dataset"])
-            except Exception as e:  # a moved dataset or a missing class must not stop the report
-                self._problem = f"{type(e).__name__}: {e}"
+            cfg = self.info.get("config", {}).get("dataset", {})
+            if "_target_" not in cfg:
+                self._problem = "run.json records no dataset config (config.dataset._target_)"
+            else:
+                try:
+                    self._dataset = instantiate(cfg)
+                except Exception as e:  # a moved dataset or a missing class must not stop the report
+                    self._problem = f"{type(e).__name__}: {str(e).splitlines()[0]}"
         if self._problem is not None:
             raise RuntimeError(self._problem)
         return self._dataset
@@ -101,7 +105,7 @@ def _export_inputs(view: SampleView, runs: list[_Run], results_dir: Path) -> Non
         try:
             sample = run.dataset().load(view.id)
         except Exception as e:  # one unreadable sample must not stop the report
-            problems.append(f"{_rel(run.dir.root, results_dir)}: {type(e).__name__}: {e}")
+            problems.append(f"{_rel(run.dir.root, results_dir)}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
             continue
         write_video_viewable(out / "source.mp4", sample.source, sample.fps)
         write_image(out / "edited.png", sample.edited_frame)

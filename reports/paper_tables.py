@@ -17,6 +17,7 @@ from reports.paper import COLUMNS, TABLES, display_name, paper_rows, paper_table
 
 TIME_HEADER = "Time (× Videoshop)"
 TIME_GROUP = "Efficiency (Table 4)"
+LATEX_SYMBOLS = {"↑": r"$\uparrow$", "↓": r"$\downarrow$", "Δ": r"$\Delta$", "−": "-", "—": "--", "×": r"$\times$"}
 
 
 @dataclass
@@ -88,7 +89,11 @@ class Layout:
         return f"### {self.title}\n\n{groups}\n\n{flat.to_markdown(index=False, disable_numparse=True)}\n"
 
     def latex(self) -> str:
-        return self.formatted().to_latex(index=False, multicolumn=True, multicolumn_format="c", caption=self.title)
+        """LaTeX that compiles with pdflatex and booktabs: special characters escaped, symbols in math mode."""
+        tex = self.formatted().to_latex(index=False, multicolumn=True, multicolumn_format="c", caption=self.title, escape=True)
+        for char, cmd in LATEX_SYMBOLS.items():
+            tex = tex.replace(char, cmd)
+        return tex
 
     def html(self) -> str:
         return self.formatted().to_html(index=False, classes="paper", na_rep="", border=0)
