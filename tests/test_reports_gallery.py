@@ -6,6 +6,7 @@ sets it). CHROMIUM=/path/to/binary picks another Chromium-compatible browser.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -23,6 +24,22 @@ from reports.tables import write_report
 
 SAMPLES = ["astronaut_add_logo", "coffee_remove_cat"]
 WINDOW = (1280, 2000)
+
+
+SYNC_CHECK = """<script>
+(function () {
+  var group = document.querySelector(".sample"), videos = Array.prototype.slice.call(group.querySelectorAll("video"));
+  var out = document.createElement("pre"); out.id = "sync-check"; document.body.appendChild(out);
+  var ready = 0, seeked = 0;
+  function done() { out.textContent = JSON.stringify(videos.map(function (v) { return [v.currentTime, v.duration]; })); }
+  videos.forEach(function (v) {
+    v.addEventListener("seeked", function () { if (++seeked === videos.length) { done(); } });
+    function go() { if (++ready === videos.length) { var s = group.querySelector(".seek"); s.value = 0.5; s.dispatchEvent(new Event("input")); } }
+    if (v.readyState >= 2) { go(); } else { v.addEventListener("loadeddata", go); }
+  });
+})();
+</script>
+"""
 
 
 def chromium() -> str:
@@ -94,6 +111,13 @@ def test_gallery_opens_from_disk_and_every_video_loads(gallery_results, tmp_path
     img = iio.imread(shot)
     assert img.shape[:2] == (WINDOW[1], WINDOW[0])
     assert img[..., :3].std() > 10  # not a blank page
+
+    # Seeking one sample's slider moves all of its videos to the same time (a test-only script drives the page).
+    check = page.with_name("sync_check.html")
+    check.write_text(html.replace("</body>", SYNC_CHECK + "</body>"))
+    times = json.loads(re.search(r'<pre id="sync-check">([^<]*)</pre>', browse(exe, check, tmp_path, "--dump-dom")).group(1))
+    assert len(times) == 3 and all(d > 0 for _, d in times)
+    assert all(abs(t - 0.5 * d) < 0.05 * d for t, d in times), times
 
     views, left_out = collect_samples(gallery_results, max_samples=1)  # report.gallery_max_samples
     assert [v.id for v in views] == SAMPLES[:1] and left_out == {"sample": len(SAMPLES) - 1}
