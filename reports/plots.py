@@ -19,10 +19,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from reports.paper import COLUMN_BY_KEY, TABLES, display_name, paper_linearity, paper_tables  # noqa: E402
+from reports.paper import COLUMN_BY_KEY, TABLES, display_name, paper_linearity, paper_table4, paper_tables  # noqa: E402
 
 log = logging.getLogger("report")
 
+TITLES = {"seconds_per_edit": "seconds per edit ↓", "time_x_videoshop": "time (× Videoshop) ↓"}
 NOT_METRICS = {"dataset", "method", "models", "tiny", "n", "n_failed", "n_nan", "nfe", "peak_mem_mb"}
 
 
@@ -40,6 +41,7 @@ def metric_comparison(table: pd.DataFrame, dataset: str, models: str, path: Path
     nrows = math.ceil(len(metrics) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 2.9 * nrows + 0.6), squeeze=False)
     x = np.arange(len(df))
+    times = paper_table4()["time_multiple_of_videoshop"].to_dict() | {"videoshop": 1.0} if paper_dataset == "magicbrush" else {}
     for ax, name in zip(axes.flat, metrics):
         col = COLUMN_BY_KEY.get(name)
         vals = df[name].to_numpy(float)
@@ -47,11 +49,11 @@ def metric_comparison(table: pd.DataFrame, dataset: str, models: str, path: Path
         for xi, v in zip(x, vals):
             if np.isnan(v):
                 ax.text(xi, 0, "NaN", ha="center", va="bottom", fontsize=7, color="tab:red")
-        if name in paper:
-            ref = [paper[name].get(m.split("[", 1)[0], np.nan) for m in df["method"]]
-            ax.scatter(x, ref, marker="_", s=300, color="black", zorder=3, label="paper")
+        ref = paper[name] if name in paper else times if name == "time_x_videoshop" and not paper.empty else None
+        if ref is not None:
+            ax.scatter(x, [ref.get(m.split("[", 1)[0], np.nan) for m in df["method"]], marker="_", s=300, color="black", zorder=3)
         arrow = "" if col is None else (" ↑" if col.higher_is_better else " ↓")
-        ax.set_title((col.header if col else name) + arrow, fontsize=10)
+        ax.set_title((col.header if col else TITLES.get(name, name)) + arrow, fontsize=10)
         ax.set_xticks(x, [display_name(m) for m in df["method"]], rotation=45, ha="right", fontsize=7)
     for ax in list(axes.flat)[len(metrics):]:
         ax.axis("off")
