@@ -50,7 +50,10 @@ class FolderDataset(EditDataset):
 
     def all_ids(self) -> list[str]:
         if not self.root.is_dir():
-            raise FileNotFoundError(f"dataset {self.name!r}: no folder {self.root}")
+            raise FileNotFoundError(
+                f"dataset {self.name!r}: no folder {self.root} (a dataset that needs building: "
+                f"`python run.py stage=build dataset={self.name}` first)"
+            )
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
 
     def load(self, sample_id: str) -> EditSample:

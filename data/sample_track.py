@@ -255,9 +255,16 @@ def _world(clip: Clip) -> np.ndarray:
     tex = tex.astype(np.float32) / 255 if tex.dtype == np.uint8 else tex.astype(np.float32)
     if tex.ndim == 2:
         tex = np.repeat(tex[..., None], 3, -1)
-    if clip.world_scale != 1.0:
-        tex = skimage.transform.rescale(tex, clip.world_scale, channel_axis=-1, anti_aliasing=True, order=3)
-    return _smooth(np.clip(tex, 0, 1), 0.7)
+    return _smooth(np.clip(_rescale(tex, clip.world_scale), 0, 1), 0.7)
+
+
+def _rescale(img: np.ndarray, scale: float) -> np.ndarray:
+    """Bicubic, antialiased resize of an H×W×C float image by `scale`."""
+    if scale == 1.0:
+        return img
+    t = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None]
+    size = (round(img.shape[0] * scale), round(img.shape[1] * scale))
+    return F.interpolate(t, size=size, mode="bicubic", antialias=True, align_corners=False)[0].numpy().transpose(1, 2, 0)
 
 
 def _camera_maps(clip: Clip) -> np.ndarray:
@@ -395,8 +402,7 @@ def _astronaut_face(size: int = 120) -> np.ndarray:
 
 def _region(world_fn: Callable[[], np.ndarray], scale: float, centre: tuple[int, int], axes: tuple[int, int]) -> np.ndarray:
     """An elliptical patch of the world itself (for edits of a background region)."""
-    tex = world_fn()
-    tex = skimage.transform.rescale(tex, scale, channel_axis=-1, anti_aliasing=True, order=3) if scale != 1 else tex / 255.0
+    tex = _rescale(world_fn().astype(np.float32) / 255, scale)
     patch = ellipse_crop((np.clip(tex, 0, 1) * 255).astype(np.uint8), centre, axes, 2 * max(axes))
     return patch
 

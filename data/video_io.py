@@ -9,6 +9,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import av
 import imageio.v3 as iio
 import numpy as np
 
@@ -37,7 +38,9 @@ def read_video(path: str | os.PathLike) -> np.ndarray:
         if path.suffix.lower() == ".gif":
             video = iio.imread(path, index=None, mode="RGB")
         else:
-            video = iio.imread(path, plugin="pyav", format="rgb24")
+            with av.open(str(path)) as container:
+                video = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+            video = np.stack(video) if video else np.zeros((0,))
     except Exception as e:  # decoders raise many types for corrupt files
         raise MediaError(f"{path}: cannot decode video ({type(e).__name__}: {e})") from e
     video = np.asarray(video)
@@ -83,24 +86,24 @@ def write_video_viewable(path: str | os.PathLike, frames: np.ndarray, fps: float
     pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
     if pad_h or pad_w:
         frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-    _atomic(
-        Path(path),
-        lambda tmp: iio.imwrite(
-            tmp, frames, plugin="pyav", codec="libx264", fps=fps, out_pixel_format="yuv420p",
-            extension=".mp4",
-        ),
-    )
+    _atomic(Path(path), lambda tmp: _encode(tmp, "mp4", frames, fps, "libx264", "yuv420p", {"crf": "18", "movflags": "+faststart"}))
 
 
 def write_video_lossless(path: str | os.PathLike, frames: np.ndarray, fps: float = 7.0) -> None:
     """FFV1 in Matroska: exact round trip through `read_video`."""
-    frames = _check_frames(frames)
-    _atomic(
-        Path(path),
-        lambda tmp: iio.imwrite(
-            tmp, frames, plugin="pyav", codec="ffv1", fps=fps, out_pixel_format="bgr0", extension=".mkv"
-        ),
-    )
+    _atomic(Path(path), lambda tmp: _encode(tmp, "matroska", _check_frames(frames), fps, "ffv1", "bgr0", {}))
+
+
+def _encode(path: str, fmt: str, frames: np.ndarray, fps: float, codec: str, pix_fmt: str, options: dict) -> None:
+    from fractions import Fraction
+
+    with av.open(path, mode="w", format=fmt) as container:
+        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1000))
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], pix_fmt
+        stream.options = options
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
 
 
 def _check_frames(frames: np.ndarray) -> np.ndarray:
@@ -117,6 +120,7 @@ def _atomic(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

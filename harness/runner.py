@@ -166,14 +166,27 @@ def _set_scores(suite: Suite, run: RunDir, ok_ids: list[str]) -> dict[str, Any]:
 
 
 def fingerprint_config(cfg: DictConfig, uses_models: bool) -> dict[str, Any]:
-    """What must be equal for two runs' samples to be interchangeable."""
+    """What must be equal for two runs' samples to be interchangeable.
+
+    Where things run or are stored (device, data_dir, a local weights folder) and which part of the dataset
+    a job takes (shard, limit) do not change a sample's edit, so a run may resume elsewhere or in parts.
+    """
+
+    def strip(x: Any, drop: set[str]) -> Any:
+        if isinstance(x, dict):
+            return {k: strip(v, drop) for k, v in x.items() if k not in drop}
+        return [strip(v, drop) for v in x] if isinstance(x, list) else x
+
+    def plain(node: DictConfig, drop: set[str]) -> dict[str, Any]:
+        return strip(OmegaConf.to_container(node, resolve=True), drop | {"device"})
+
     d: dict[str, Any] = {
-        "method": OmegaConf.to_container(cfg.method, resolve=True),
-        "dataset": {k: v for k, v in OmegaConf.to_container(cfg.dataset, resolve=True).items() if k not in ("shard", "num_shards", "limit")},
+        "method": plain(cfg.method, set()),
+        "dataset": plain(cfg.dataset, {"data_dir", "shard", "num_shards", "limit"}),
         "seed": cfg.seed,
     }
     if uses_models:
-        d["models"] = OmegaConf.to_container(cfg.models, resolve=True)
+        d["models"] = plain(cfg.models, {"root"})
     return d
 
 
@@ -197,7 +210,7 @@ def run(cfg: DictConfig, overrides: list[str] = ()) -> dict[str, Any]:
     if stage == "edit":
         run_dir.claim({
             "dataset": str(cfg.dataset.name), "method": label, "method_name": str(cfg.method.name),
-            "models": str(cfg.models.name), "tiny_models": bool(cfg.models.get("tiny", False)),
+            "models": str(cfg.models.name), "tiny_models": _edit_is_tiny(cfg, method),
             "fingerprint": fingerprint, "fingerprint_config": fp_cfg, "started": started,
             "seed": cfg.seed, "device": device, "argv": sys.argv, "overrides": list(overrides),
             "versions": package_versions(), "config": OmegaConf.to_container(cfg, resolve=True),
@@ -228,7 +241,7 @@ def run(cfg: DictConfig, overrides: list[str] = ()) -> dict[str, Any]:
     set_scores = _set_scores(suite, run_dir, ok_ids) if ok_ids else {}
     if any(r.status == "nan" for r in rows.values()):  # a set-level score over part of the set would mislead
         set_scores = {c: math.nan for c in _set_columns(suite)}
-    summary = summarize(rows.values(), set_scores, suite, label, str(dataset.name), str(cfg.models.name), bool(cfg.models.get("tiny", False)))
+    summary = summarize(rows.values(), set_scores, suite, label, str(dataset.name), str(cfg.models.name), _edit_is_tiny(cfg, method))
     summary.update({"finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "skipped": counts["skipped"]})
     run_dir.write_summary(summary)
     log.info("%s on %s: %d ok, %d NaN, %d failed, %d already done -> %s", label, dataset.name,
@@ -259,6 +272,11 @@ def _process(stage, sid, dataset, method, suite, run_dir, seed, device, old: Sco
     except Exception as e:  # one bad sample must not stop the run
         return ScoreRow(sid, "failed", {}, old.costs if (old and stage == "score") else Costs(),
                         f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=6)}", edit_type)
+
+
+def _edit_is_tiny(cfg: DictConfig, method: EditMethod) -> bool:
+    """Edits made with tiny random-weight models (reference rows use no models, so theirs never are)."""
+    return bool(method.uses_models and cfg.models.get("tiny", False))
 
 
 def _set_columns(suite: Suite) -> set[str]:

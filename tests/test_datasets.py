@@ -1,0 +1,140 @@
+"""Datasets: bad input fails one sample with a clear error, resampling and sharding rules, the HD-VILA builder."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+
+import run
+from data.folder import FolderDataset, resample_frames
+from data.video_io import write_video_lossless, write_video_viewable
+from harness.results import RunDir
+from harness.types import SampleError
+
+
+def _good(root: Path, sid: str, frames: int = 14, size=(64, 112)) -> Path:
+    rng = np.random.default_rng(abs(hash(sid)) % 2**32)
+    video = rng.integers(0, 256, (frames, *size, 3), dtype=np.uint8)
+    d = root / sid
+    write_video_lossless(d / "source.mkv", video)
+    iio.imwrite(d / "edited.png", video[0][::-1].copy())
+    mask = np.zeros(size, np.uint8)
+    mask[10:30, 20:50] = 255
+    iio.imwrite(d / "mask.png", mask)
+    (d / "meta.json").write_text(json.dumps({"instruction": "flip it"}))
+    return d
+
+
+#: Each defect, applied to one sample, and the file its error must name.
+DEFECTS = {
+    "missing_source": (lambda d: (d / "source.mkv").unlink(), "source"),
+    "missing_edit": (lambda d: (d / "edited.png").unlink(), "edited.png"),
+    "truncated_video": (lambda d: (d / "source.mkv").write_bytes((d / "source.mkv").read_bytes()[:3000]), "source.mkv"),
+    "unreadable_video": (lambda d: (d / "source.mkv").write_bytes(b"\x00" * 500), "source.mkv"),
+    "too_few_frames": (lambda d: write_video_lossless(d / "source.mkv", np.zeros((9, 64, 112, 3), np.uint8)), "source.mkv"),
+    "mask_wrong_size": (lambda d: iio.imwrite(d / "mask.png", np.full((32, 32), 255, np.uint8)), "mask.png"),
+    "mask_empty": (lambda d: iio.imwrite(d / "mask.png", np.zeros((64, 112), np.uint8)), "mask.png"),
+    "edit_grayscale": (lambda d: iio.imwrite(d / "edited.png", np.zeros((64, 112), np.uint8)), "edited.png"),
+    "edit_rgba": (lambda d: iio.imwrite(d / "edited.png", np.zeros((64, 112, 4), np.uint8)), "edited.png"),
+    "edit_wrong_size": (lambda d: iio.imwrite(d / "edited.png", np.zeros((60, 100, 3), np.uint8)), "edited.png"),
+    "bad_meta": (lambda d: (d / "meta.json").write_text("{not json"), "meta.json"),
+}
+
+
+def test_each_bad_input_fails_alone_with_its_file_named(compose, tmp_path):
+    root = tmp_path / "mine"
+    _good(root, "fine_a")
+    _good(root, "fine_b")
+    for name, (damage, _) in DEFECTS.items():
+        damage(_good(root, name))
+    summary = run.main(compose("method=identity", "dataset=folder", f"dataset.root={root}"))
+    rows = {r.sample_id: r for r in RunDir(tmp_path / "results" / "folder" / "tiny" / "identity").rows()}
+    assert summary["n_failed"] == len(DEFECTS) and summary["n_ok"] == 2
+    assert rows["fine_a"].status == rows["fine_b"].status == "ok"
+    for name, (_, file) in DEFECTS.items():
+        assert rows[name].status == "failed", name
+        first_line = rows[name].error.splitlines()[0]
+        assert f"sample {name!r}" in first_line and file in first_line, (name, first_line)
+
+
+def test_long_videos_are_resampled_evenly(tmp_path):
+    root = tmp_path / "d"
+    d = _good(root, "long", frames=27)
+    ds = FolderDataset(root)
+    s = ds.load("long")
+    from data.video_io import read_video
+
+    full = read_video(d / "source.mkv")
+    idx = np.round(np.linspace(0, 26, 14)).astype(int)
+    np.testing.assert_array_equal(s.source, full[idx])
+    assert idx[0] == 0 and idx[-1] == 26
+    np.testing.assert_array_equal(resample_frames(full, 14), full[idx])
+
+
+def test_shards_cover_every_sample_exactly_once(sample_track):
+    from data.sample_track import SampleTrack
+
+    all_ids = sample_track.ids()
+    for k in (1, 2, 3, 4):
+        parts = [SampleTrack(data_dir=sample_track._data_dir, shard=i, num_shards=k).ids() for i in range(k)]
+        flat = [sid for p in parts for sid in p]
+        assert sorted(flat) == sorted(all_ids) and len(flat) == len(set(flat))
+    with pytest.raises(ValueError, match="shard"):
+        SampleTrack(data_dir=sample_track._data_dir, shard=2, num_shards=2)
+
+
+def test_unbuilt_dataset_says_how_to_build_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="stage=build dataset=hdvila_expert"):
+        FolderDataset(tmp_path / "nothing", name="hdvila_expert").ids()
+
+
+# --- HD-VILA expert manifest builder -------------------------------------------------------------------
+
+
+def _counting_video(path: Path, frames: int, size=(90, 120), fps: int = 10) -> None:
+    """A 4:3 video whose frame i is flat grey level 4·i (so kept frames can be identified)."""
+    video = np.stack([np.full((*size, 3), 4 * i, np.uint8) for i in range(frames)])
+    write_video_viewable(path, video, fps)
+
+
+def test_hdvila_manifest_builds_cut_cropped_16_9_clips(tmp_path, compose):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    _counting_video(raw / "a.mp4", 50)
+    _counting_video(raw / "b.mp4", 50)
+    edited = np.zeros((90, 120, 3), np.uint8)
+    edited[:, :60] = 255  # left half white: after the 16:9 crop (rows 11..78) still the left half
+    iio.imwrite(raw / "a_edit.png", edited)
+    iio.imwrite(raw / "b_edit.png", np.zeros((36, 64, 3), np.uint8))  # already 16:9: only resized
+    mask = np.zeros((90, 120), np.uint8)
+    mask[:, 60:] = 255
+    iio.imwrite(raw / "a_mask.png", mask)
+    (raw / "m.csv").write_text(
+        "clip_id,video,url,start,end,frames,edited,mask,instruction,edit_type\n"
+        "a,a.mp4,https://example.invalid/a,1.0,4.0,,a_edit.png,a_mask.png,make it white,change_color\n"
+        "b,b.mp4,,,,,b_edit.png,,add a cat,add_object\n"
+        "c,missing.mp4,,,,,b_edit.png,,add a dog,add_object\n"
+    )
+    cfg = compose("stage=build", "dataset=hdvila_expert", f"dataset.manifest={raw / 'm.csv'}", "dataset.size=[36,64]")
+    run.main(cfg)
+    root = Path(cfg.data_dir) / "hdvila_expert"
+    ds = FolderDataset(root, name="hdvila_expert")
+    assert ds.ids() == ["a", "b"]  # c's video is missing: reported, not built
+    a = ds.load("a")
+    assert a.source.shape == (14, 36, 64, 3)
+    # Span 1.0..4.0 s at 10 fps = frames 10..40 (31 frames); 14 kept at round(linspace(0, 30, 14)).
+    expected = 4 * (10 + np.round(np.linspace(0, 30, 14)).astype(int))
+    np.testing.assert_allclose(a.source[:, 18, 32, 0].astype(int), expected, atol=3)
+    assert a.edited_frame[:, :30].min() > 200 and a.edited_frame[:, 34:].max() < 50
+    assert a.mask[:, 34:].all() and not a.mask[:, :30].any()
+    assert a.edit_type == "change_color" and json.loads((root / "a" / "meta.json").read_text())["provenance"]["url"]
+    from data.hdvila import edit_type_mix
+
+    assert edit_type_mix(root).to_dict() == {"change_color": 50.0, "add_object": 50.0}
+    stamp = (root / "a" / "source.mkv").stat().st_mtime_ns
+    run.main(cfg)  # a rerun builds nothing new
+    assert (root / "a" / "source.mkv").stat().st_mtime_ns == stamp
