@@ -192,10 +192,12 @@ def test_linearity_matrix_reader_and_plot(tmp_path):
 
 @pytest.mark.parametrize("table", ["2", "3"])
 def test_experiment_sweeps_run_the_papers_methods(table):
-    from omegaconf import OmegaConf
+    from hydra import compose, initialize_config_dir
 
-    exp = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "experiment" / f"table{table}.yaml")
-    methods = str(exp.hydra.sweeper.params.method).split(",")
+    with initialize_config_dir(config_dir=str(Path(run.__file__).resolve().parent / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"experiment=table{table}"], return_hydra_config=True)
+    methods = str(cfg.hydra.sweeper.params.method).split(",")
     paper = pd.read_csv(PAPER_CSV, dtype={"table": str})
     assert sorted(methods) == sorted(paper.loc[paper["table"] == table, "method"])
-    assert {"override /dataset": paper.loc[paper["table"] == table, "dataset"].iloc[0]} in list(exp.defaults)
+    assert cfg.dataset.name == paper.loc[paper["table"] == table, "dataset"].iloc[0]
+    assert cfg.models.name == "svd" and not cfg.models.tiny

@@ -30,11 +30,14 @@ SYNC_CHECK = """<script>
 (function () {
   var group = document.querySelector(".sample"), videos = Array.prototype.slice.call(group.querySelectorAll("video"));
   var out = document.createElement("pre"); out.id = "sync-check"; document.body.appendChild(out);
-  var ready = 0, seeked = 0;
-  function done() { out.textContent = JSON.stringify(videos.map(function (v) { return [v.currentTime, v.duration]; })); }
+  var ready = 0;
+  function report() { out.textContent = JSON.stringify(videos.map(function (v) { return [v.currentTime, v.duration]; })); }
   videos.forEach(function (v) {
-    v.addEventListener("seeked", function () { if (++seeked === videos.length) { done(); } });
-    function go() { if (++ready === videos.length) { var s = group.querySelector(".seek"); s.value = 0.5; s.dispatchEvent(new Event("input")); } }
+    function go() {
+      if (++ready < videos.length) { return; }
+      var s = group.querySelector(".seek"); s.value = 0.5; s.dispatchEvent(new Event("input"));
+      setTimeout(report, 2000);  // virtual time: the seeks have settled
+    }
     if (v.readyState >= 2) { go(); } else { v.addEventListener("loadeddata", go); }
   });
 })();
