@@ -126,6 +126,19 @@ def _note(row: pd.Series) -> str:
     return "; ".join(parts)
 
 
+def _measured(table: pd.DataFrame, key: str, cfg: LayoutConfig) -> pd.DataFrame:
+    """The table's rows of the datasets configured for paper table `key`, in that order, with time multiples
+    and the paper method each sits beside."""
+    datasets = cfg.datasets.get(key, [])
+    if table.empty:
+        return table
+    measured = table[table["dataset"].isin(datasets)].copy()
+    measured["time_x"] = time_multiples(measured, cfg.time_reference)
+    measured["paper_method"] = [cfg.paper_method(m) for m in measured["method"]]
+    order = {d: i for i, d in enumerate(datasets)}
+    return measured.sort_values(["dataset", "models", "method"], key=lambda s: s.map(order) if s.name == "dataset" else s)
+
+
 def paper_layout(key: str, table: pd.DataFrame, cfg: LayoutConfig) -> Layout:
     """Table 2, 3 or 5 (`key`): the paper's rows, each followed by the measured rows and their differences."""
     title, paper_dataset = TABLES[key]
@@ -134,13 +147,7 @@ def paper_layout(key: str, table: pd.DataFrame, cfg: LayoutConfig) -> Layout:
     metrics = [(c.key, c.group, c.title) for c in COLUMNS] + [("time_x", TIME_GROUP, TIME_HEADER + " ↓")]
     paper_time = paper_table4()["time_multiple_of_videoshop"] if key == "2" else pd.Series(dtype=float)
 
-    datasets = cfg.datasets.get(key, [])
-    measured = table[table["dataset"].isin(datasets)].copy() if not table.empty else table
-    if not measured.empty:
-        measured["time_x"] = time_multiples(measured, cfg.time_reference)
-        measured["paper_method"] = [cfg.paper_method(m) for m in measured["method"]]
-        order = {d: i for i, d in enumerate(datasets)}
-        measured = measured.sort_values(["dataset", "models", "method"], key=lambda s: s.map(order) if s.name == "dataset" else s)
+    measured = _measured(table, key, cfg)
 
     rows = []
 
@@ -173,11 +180,7 @@ def table4_layout(table: pd.DataFrame, cfg: LayoutConfig) -> Layout:
     """Table 4: the paper's preference and time multiples, and each measured time as a multiple of Videoshop's."""
     t4 = paper_table4()
     rows = []
-    datasets = cfg.datasets.get("4", [])
-    measured = table[table["dataset"].isin(datasets)].copy() if not table.empty else table
-    if not measured.empty:
-        measured["time_x"] = time_multiples(measured, cfg.time_reference)
-        measured["paper_method"] = [cfg.paper_method(m) for m in measured["method"]]
+    measured = _measured(table, "4", cfg)
     metrics = [
         ("editing_pref", "Human preference for Videoshop (paper)", "Editing quality % ↑"),
         ("video_pref", "Human preference for Videoshop (paper)", "Video quality % ↑"),
