@@ -32,7 +32,7 @@ def main(cfg: DictConfig, overrides: list[str] = ()) -> dict | None:
     if cfg.stage == "report":
         from reports.tables import write_report
 
-        return write_report(cfg.results_dir)
+        return write_report(cfg.results_dir, cfg.get("report"))
     if cfg.stage == "build":
         instantiate_cached(cfg.dataset).build(cfg.data_dir)
         log.info("built dataset %s into %s", cfg.dataset.name, cfg.data_dir)

@@ -1,4 +1,5 @@
-"""Everything under `results_dir` -> one table (one row per dataset × models × method), as CSV, Markdown and LaTeX.
+"""Everything under `results_dir` -> one table (one row per dataset × models × method), as CSV, Markdown and LaTeX,
+plus the paper's layouts (`paper/`), plots (`plots/`) and the gallery (`index.html`).
 
 Values are means over a run's finished samples (NaN propagates, as in the paper's Table 5), and
 set-level metrics (FVD) come from the run's summary. CLIP, TIFA and SSIM columns are ×100 as the paper
@@ -15,6 +16,7 @@ import pandas as pd
 
 from harness.files import read_json, write_atomic
 from harness.results import find_runs
+from reports.paper_tables import Layout, LayoutConfig, all_layouts, time_multiples
 
 log = logging.getLogger("report")
 
@@ -62,17 +64,46 @@ def build_table(results_dir: str | Path) -> pd.DataFrame:
     return df.sort_values(["dataset", "models", "method"]).reset_index(drop=True)
 
 
-def write_report(results_dir: str | Path) -> pd.DataFrame:
+def write_layouts(out_dir: Path, layouts: list[Layout]) -> None:
+    """Each paper layout as `<name>.csv` (numbers), `.md` and `.tex` (as printed), and all of them in `paper_tables.md`."""
+    for lay in layouts:
+        write_atomic(out_dir / f"{lay.key}.csv", lay.frame.to_csv(index=False, float_format="%.4f"))
+        write_atomic(out_dir / f"{lay.key}.md", lay.markdown())
+        write_atomic(out_dir / f"{lay.key}.tex", lay.latex())
+    write_atomic(out_dir / "paper_tables.md", "\n".join(lay.markdown() for lay in layouts))
+
+
+def write_report(results_dir: str | Path, report_cfg=None) -> pd.DataFrame:
+    """table.csv/md/tex, the paper's layouts, plots and index.html under `results_dir`; returns the table.
+
+    `report_cfg` is the `report` config node (which measured datasets sit beside which paper table).
+    The paper's layouts are written even with no results, showing the paper's rows alone.
+    """
+    from reports.gallery import write_gallery
+    from reports.plots import write_plots
+
     results_dir = Path(results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    cfg = LayoutConfig.from_config(report_cfg)
     df = build_table(results_dir)
+    tables_html = []
     if df.empty:
-        log.warning("no runs under %s: nothing to report", results_dir)
-        return df
-    shown = df.copy()
-    shown["tiny"] = shown["tiny"].map({True: "tiny (not comparable)", False: ""})
-    write_atomic(results_dir / "table.csv", df.to_csv(index=False, float_format="%.4f"))
-    md = shown.to_markdown(index=False, floatfmt=".2f")
-    write_atomic(results_dir / "table.md", md + "\n")
-    write_atomic(results_dir / "table.tex", shown.to_latex(index=False, float_format="%.2f", na_rep="NaN"))
-    print(md)
+        log.warning("no runs under %s: the paper's tables show the paper's rows only", results_dir)
+    else:
+        df[f"time_x_{cfg.time_reference}"] = time_multiples(df, cfg.time_reference)
+        shown = df.copy()
+        shown["tiny"] = shown["tiny"].map({True: "tiny (not comparable)", False: ""})
+        write_atomic(results_dir / "table.csv", df.to_csv(index=False, float_format="%.4f"))
+        md = shown.to_markdown(index=False, floatfmt=".2f")
+        write_atomic(results_dir / "table.md", md + "\n")
+        write_atomic(results_dir / "table.tex", shown.to_latex(index=False, float_format="%.2f", na_rep="NaN"))
+        print(md)
+        tables_html.append(("All results", shown.to_html(index=False, classes="results", float_format="%.2f", na_rep="NaN", border=0)))
+    layouts = all_layouts(df, cfg)
+    write_layouts(results_dir / "paper", layouts)
+    tables_html += [(lay.title, lay.html()) for lay in layouts]
+    plots = write_plots(results_dir, df)
+    max_samples = None if report_cfg is None else report_cfg.get("gallery_max_samples")
+    page = write_gallery(results_dir, tables_html, plots, max_samples)
+    log.info("report: %s, %s, %d plots, %s", results_dir / "table.md", results_dir / "paper", len(plots), page)
     return df

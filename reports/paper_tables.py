@@ -1,0 +1,230 @@
+"""The paper's Tables 2, 3, 5 and 4 laid out with measured rows beside the printed ones.
+
+Each of Tables 2, 3 and 5 lists, per method in the paper's order, the paper's row, then every measured
+row of that method (one per configured dataset × models) followed by its difference to the paper.
+Measured methods the paper's table lacks follow at the end. Rows computed with tiny models are marked
+as not comparable. Table 4 gives each method's execution time as a multiple of Videoshop's measured time
+beside the paper's multiples and human-preference numbers.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from reports.paper import COLUMNS, TABLES, display_name, paper_rows, paper_table4
+
+TIME_HEADER = "Time (× Videoshop)"
+TIME_GROUP = "Efficiency (Table 4)"
+LATEX_SYMBOLS = {"↑": r"$\uparrow$", "↓": r"$\downarrow$", "Δ": r"$\Delta$", "−": "-", "—": "--", "×": r"$\times$"}
+
+
+@dataclass
+class LayoutConfig:
+    """Which measured datasets sit beside which paper table (`report.*` in conf/config.yaml)."""
+
+    datasets: dict[str, list[str]] = field(default_factory=lambda: {
+        "2": ["magicbrush", "sample"], "3": ["hdvila_expert", "sample"], "4": ["magicbrush", "sample"],
+        "5": ["magicbrush", "sample"],
+    })
+    other_methods: dict[str, bool] = field(default_factory=lambda: {"2": True, "3": True, "5": False})
+    aliases: dict[str, str] = field(default_factory=lambda: {"videoshop_paper": "videoshop"})
+    time_reference: str = "videoshop"
+
+    @classmethod
+    def from_config(cls, cfg) -> "LayoutConfig":
+        """From the `report` config node: tables.tableN.{datasets, other_methods}, aliases, time_reference."""
+        if cfg is None:
+            return cls()
+        out = cls()
+        for name, t in (cfg.get("tables") or {}).items():
+            key = str(name).removeprefix("table")
+            if t.get("datasets") is not None:
+                out.datasets[key] = [str(d) for d in t["datasets"]]
+            if t.get("other_methods") is not None:
+                out.other_methods[key] = bool(t["other_methods"])
+        if cfg.get("aliases") is not None:
+            out.aliases = {str(k): str(v) for k, v in cfg["aliases"].items()}
+        if cfg.get("time_reference"):
+            out.time_reference = str(cfg["time_reference"])
+        return out
+
+    def paper_method(self, label: str) -> str:
+        """The paper's row a measured method sits beside: an alias, else its name without `[overrides]`."""
+        base = label.split("[", 1)[0]
+        return self.aliases.get(label, self.aliases.get(base, base))
+
+
+@dataclass
+class Layout:
+    """One paper table: numeric rows (`frame`) plus the columns' groups and headers for printing."""
+
+    key: str
+    title: str
+    frame: pd.DataFrame  # columns: method, row, dataset, models, tiny, note, <metric keys>
+    metrics: list[tuple[str, str, str]]  # (key, group, header with arrow)
+    dash: set[str] = field(default_factory=set)  # columns where a missing value prints "—" (not printed), not NaN
+    measured: set[str] = field(default_factory=set)  # metrics the results have; others print "—" in measured rows
+
+    def formatted(self) -> pd.DataFrame:
+        """Strings as printed: 2 decimals, signed differences, grouped (group, header) columns."""
+        f = self.frame
+        out = {("", "Method"): f["method"].map(display_name), ("", "Row"): f["row"]}
+        for key, group, header in self.metrics:
+            out[(group, header)] = [
+                "—" if r != "paper" and key not in self.measured | self.dash
+                else _fmt(v, signed=r == "Δ", missing="—" if key in self.dash else "NaN")
+                for v, r in zip(f[key], f["kind"])
+            ]
+        out[("", "Note")] = f["note"]
+        return pd.DataFrame(out, index=f.index).set_axis(pd.MultiIndex.from_tuples(out), axis=1)
+
+    def markdown(self) -> str:
+        shown = self.formatted()
+        groups = " · ".join(
+            f"**{g}**: {', '.join(h for gg, h in shown.columns if gg == g)}" for g in dict.fromkeys(g for g, _ in shown.columns) if g
+        )
+        flat = shown.set_axis([h for _, h in shown.columns], axis=1)
+        return f"### {self.title}\n\n{groups}\n\n{flat.to_markdown(index=False, disable_numparse=True)}\n"
+
+    def latex(self) -> str:
+        """LaTeX that compiles with pdflatex and booktabs: special characters escaped, symbols in math mode."""
+        tex = self.formatted().to_latex(index=False, multicolumn=True, multicolumn_format="c", caption=self.title, escape=True)
+        for char, cmd in LATEX_SYMBOLS.items():
+            tex = tex.replace(char, cmd)
+        return tex
+
+    def html(self) -> str:
+        return self.formatted().to_html(index=False, classes="paper", na_rep="", border=0)
+
+
+def _fmt(v, signed: bool = False, missing: str = "NaN") -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return missing
+    return f"{v:+.2f}" if signed else f"{v:.2f}"
+
+
+def time_multiples(table: pd.DataFrame, reference: str = "videoshop") -> pd.Series:
+    """seconds_per_edit divided by the reference method's, within the same dataset and models (NaN without one)."""
+    if table.empty or "seconds_per_edit" not in table:
+        return pd.Series(math.nan, index=table.index, dtype=float)
+    ref = table[table["method"] == reference].set_index(["dataset", "models"])["seconds_per_edit"]
+    ref = ref[~ref.index.duplicated()]
+    denom = [ref.get((d, m), math.nan) for d, m in zip(table["dataset"], table["models"])]
+    return table["seconds_per_edit"] / pd.Series(denom, index=table.index, dtype=float)
+
+
+def _note(row: pd.Series) -> str:
+    parts = []
+    if row.get("tiny"):
+        parts.append("tiny models: not comparable")
+    if row.get("n_failed", 0):
+        parts.append(f"{int(row['n_failed'])}/{int(row['n'])} failed (excluded)")
+    if row.get("n_nan", 0):
+        parts.append(f"{int(row['n_nan'])}/{int(row['n'])} NaN")
+    return "; ".join(parts)
+
+
+def _measured(table: pd.DataFrame, key: str, cfg: LayoutConfig) -> pd.DataFrame:
+    """The table's rows of the datasets configured for paper table `key`, in that order, with time multiples
+    and the paper method each sits beside."""
+    datasets = cfg.datasets.get(key, [])
+    if table.empty:
+        return table
+    measured = table[table["dataset"].isin(datasets)].copy()
+    measured["time_x"] = time_multiples(measured, cfg.time_reference)
+    measured["paper_method"] = [cfg.paper_method(m) for m in measured["method"]]
+    order = {d: i for i, d in enumerate(datasets)}
+    return measured.sort_values(["dataset", "models", "method"], key=lambda s: s.map(order) if s.name == "dataset" else s)
+
+
+def paper_layout(key: str, table: pd.DataFrame, cfg: LayoutConfig) -> Layout:
+    """Table 2, 3 or 5 (`key`): the paper's rows, each followed by the measured rows and their differences."""
+    title, paper_dataset = TABLES[key]
+    paper = paper_rows(key)
+    keys = [c.key for c in COLUMNS]
+    metrics = [(c.key, c.group, c.title) for c in COLUMNS] + [("time_x", TIME_GROUP, TIME_HEADER + " ↓")]
+    paper_time = paper_table4()["time_multiple_of_videoshop"] if key == "2" else pd.Series(dtype=float)
+
+    measured = _measured(table, key, cfg)
+
+    rows = []
+
+    def add(method, kind, row, values, dataset="", models="", tiny=False, note=""):
+        rows.append({"method": method, "kind": kind, "row": row, "dataset": dataset, "models": models, "tiny": tiny,
+                     "note": note, **values})
+
+    for method, p in paper.iterrows():
+        pvals = {k: float(p[k]) for k in keys}
+        pvals["time_x"] = 1.0 if method == "videoshop" and key == "2" else float(paper_time.get(method, math.nan))
+        add(method, "paper", f"paper ({paper_dataset})", pvals)
+        if measured.empty:
+            continue
+        for _, m in measured[measured["paper_method"] == method].iterrows():
+            mvals = {k: float(m.get(k, math.nan)) for k in keys + ["time_x"]}
+            where = f"{m['dataset']}/{m['models']}"
+            label = f"measured {where}" + ("" if m["method"] == method else f" ({m['method']})")
+            add(method, "measured", f"{label} n={int(m['n'])}", mvals, m["dataset"], m["models"], bool(m["tiny"]), _note(m))
+            add(method, "Δ", f"Δ {where} − paper", {k: mvals[k] - pvals[k] for k in mvals}, m["dataset"], m["models"],
+                bool(m["tiny"]), "not comparable" if m["tiny"] else "")
+    if not measured.empty and cfg.other_methods.get(key, True):
+        for _, m in measured[~measured["paper_method"].isin(paper.index)].iterrows():
+            mvals = {k: float(m.get(k, math.nan)) for k in keys + ["time_x"]}
+            add(m["method"], "measured", f"measured {m['dataset']}/{m['models']} n={int(m['n'])} (not in the paper)", mvals,
+                m["dataset"], m["models"], bool(m["tiny"]), _note(m))
+    return Layout(f"table{key}", title, pd.DataFrame(rows), metrics, dash={"time_x"}, measured=set(table.columns))
+
+
+def table4_layout(table: pd.DataFrame, cfg: LayoutConfig) -> Layout:
+    """Table 4: the paper's preference and time multiples, and each measured time as a multiple of Videoshop's."""
+    t4 = paper_table4()
+    rows = []
+    measured = _measured(table, "4", cfg)
+    metrics = [
+        ("editing_pref", "Human preference for Videoshop (paper)", "Editing quality % ↑"),
+        ("video_pref", "Human preference for Videoshop (paper)", "Video quality % ↑"),
+        ("time_x", TIME_GROUP, TIME_HEADER + " ↓"),
+        ("seconds", TIME_GROUP, "Seconds per edit ↓"),
+    ]
+
+    def add(method, kind, row, values, m=None, note=""):
+        rows.append({"method": method, "kind": kind, "row": row, "note": note,
+                     "dataset": "" if m is None else m["dataset"], "models": "" if m is None else m["models"],
+                     "tiny": False if m is None else bool(m["tiny"]), **values})
+
+    methods = ["videoshop"] + [b for b in t4.index if b != "average"]
+    for method in methods:
+        paper = {"editing_pref": math.nan, "video_pref": math.nan, "time_x": 1.0, "seconds": math.nan}
+        if method in t4.index:
+            r = t4.loc[method]
+            paper.update(editing_pref=float(r["editing_quality_pref_videoshop_pct"]),
+                         video_pref=float(r["video_quality_pref_videoshop_pct"]),
+                         time_x=float(r["time_multiple_of_videoshop"]))
+        add(method, "paper", "paper (MagicBrush dev)", paper)
+        if measured.empty:
+            continue
+        for _, m in measured[measured["paper_method"] == method].iterrows():
+            vals = {"editing_pref": math.nan, "video_pref": math.nan, "time_x": float(m["time_x"]),
+                    "seconds": float(m.get("seconds_per_edit", math.nan))}
+            add(method, "measured", f"measured {m['dataset']}/{m['models']}" + ("" if m["method"] == method else f" ({m['method']})"),
+                vals, m, _note(m))
+            add(method, "Δ", f"Δ {m['dataset']}/{m['models']} − paper", {k: vals[k] - paper[k] for k in vals}, m,
+                "not comparable" if m["tiny"] else "")
+    avg = t4.loc["average"] if "average" in t4.index else None
+    if avg is not None:
+        add("average", "paper", "paper (MagicBrush dev)", {
+            "editing_pref": float(avg["editing_quality_pref_videoshop_pct"]), "video_pref": float(avg["video_quality_pref_videoshop_pct"]),
+            "time_x": float(avg["time_multiple_of_videoshop"]), "seconds": math.nan})
+    if not measured.empty:
+        for _, m in measured[~measured["paper_method"].isin(methods)].iterrows():
+            add(m["method"], "measured", f"measured {m['dataset']}/{m['models']} (not in the paper)",
+                {"editing_pref": math.nan, "video_pref": math.nan, "time_x": float(m["time_x"]),
+                 "seconds": float(m.get("seconds_per_edit", math.nan))}, m, _note(m))
+    return Layout("table4", "Table 4: human preference and execution time (× Videoshop)", pd.DataFrame(rows), metrics,
+                  dash={k for k, _, _ in metrics})
+
+
+def all_layouts(table: pd.DataFrame, cfg: LayoutConfig | None = None) -> list[Layout]:
+    cfg = cfg or LayoutConfig()
+    return [paper_layout("2", table, cfg), paper_layout("3", table, cfg), table4_layout(table, cfg), paper_layout("5", table, cfg)]

@@ -1,0 +1,131 @@
+"""The gallery opens from disk in headless Chromium, every video in it loads, and a screenshot is saved.
+
+Needs Debian's `chromium` package (`.ci/run` installs it when absent). Without a browser this test FAILS
+with instructions; set REPORTS_SKIP_BROWSER=1 to skip it on a machine that cannot have one (the CI never
+sets it). CHROMIUM=/path/to/binary picks another Chromium-compatible browser.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+
+from harness.results import RunDir
+from harness.types import Costs, ScoreRow
+from reports.gallery import collect_samples
+from reports.tables import write_report
+
+SAMPLES = ["astronaut_add_logo", "coffee_remove_cat"]
+WINDOW = (1280, 2000)
+
+
+SYNC_CHECK = """<script>
+(function () {
+  var group = document.querySelector(".sample"), videos = Array.prototype.slice.call(group.querySelectorAll("video"));
+  var out = document.createElement("pre"); out.id = "sync-check"; document.body.appendChild(out);
+  var ready = 0;
+  function report() { out.textContent = JSON.stringify(videos.map(function (v) { return [v.currentTime, v.duration]; })); }
+  videos.forEach(function (v) {
+    function go() {
+      if (++ready < videos.length) { return; }
+      var s = group.querySelector(".seek"); s.value = 0.5; s.dispatchEvent(new Event("input"));
+      setTimeout(report, 2000);  // virtual time: the seeks have settled
+    }
+    if (v.readyState >= 2) { go(); } else { v.addEventListener("loadeddata", go); }
+  });
+})();
+</script>
+"""
+
+
+def chromium() -> str:
+    exe = os.environ.get("CHROMIUM") or next((shutil.which(n) for n in ("chromium", "chromium-browser") if shutil.which(n)), None)
+    if exe:
+        return exe
+    if os.environ.get("REPORTS_SKIP_BROWSER") == "1":
+        pytest.skip("REPORTS_SKIP_BROWSER=1: no browser on this machine, the gallery is not checked")
+    pytest.fail("the gallery test needs headless Chromium: apt-get install -y chromium (or set CHROMIUM=/path/to/browser)")
+
+
+def browse(exe: str, page: Path, tmp: Path, *extra: str) -> str:
+    """Chromium headless on a file:// page, scripts given 10 s of virtual time; returns stdout (the DOM with --dump-dom)."""
+    cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+           "--disable-sync", "--no-first-run", "--mute-audio", f"--user-data-dir={tmp / 'chromium-profile'}",
+           "--virtual-time-budget=10000", *extra, page.as_uri()]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, f"chromium failed ({out.returncode}): {out.stderr[-2000:]}"
+    return out.stdout
+
+
+def video_status(dom: str) -> dict[str, int]:
+    m = re.search(r'<p id="video-status" data-total="(\d+)" data-loaded="(\d+)" data-failed="(\d+)"', dom)
+    assert m, "the page has no #video-status element"
+    return dict(zip(("total", "loaded", "failed"), map(int, m.groups())))
+
+
+@pytest.fixture
+def gallery_results(tmp_path, sample_track, data_dir) -> Path:
+    """Two methods' edits of two sample-track clips, one of them NaN (no video), as the runner stores them."""
+    res = tmp_path / "results"
+    dataset_cfg = {"_target_": "data.sample_track.SampleTrack", "name": "sample", "data_dir": str(data_dir)}
+    for method, make in (("identity", lambda s: s.source), ("static", lambda s: np.repeat(s.source[:1], len(s.source), 0))):
+        rd = RunDir(res / "sample" / "tiny" / method)
+        rd.claim({"dataset": "sample", "method": method, "method_name": method, "models": "tiny", "tiny_models": True,
+                  "fingerprint": "x", "fingerprint_config": {}, "config": {"dataset": dataset_cfg}})
+        for sid in SAMPLES:
+            sample = sample_track.load(sid)
+            rd.save_video(sid, make(sample), sample.fps)
+            rd.write_row(ScoreRow(sid, "ok", {"ssim": 0.9}, Costs(seconds=1.0)))
+        rd.write_summary({"tiny": True, "columns": {"ssim": {"percent": True, "higher_is_better": True}}, "scores": {}})
+    rd = RunDir(res / "sample" / "tiny" / "unstable")
+    rd.claim({"dataset": "sample", "method": "unstable", "models": "tiny", "tiny_models": True, "fingerprint": "x",
+              "fingerprint_config": {}, "config": {"dataset": dataset_cfg}})
+    rd.write_row(ScoreRow(SAMPLES[0], "nan", {"ssim": float("nan")}, Costs(seconds=1.0), "NonFiniteEdit: latents diverged"))
+    return res
+
+
+@pytest.mark.slow
+def test_gallery_opens_from_disk_and_every_video_loads(gallery_results, tmp_path):
+    exe = chromium()
+    write_report(gallery_results)
+    page = gallery_results / "index.html"
+    html = page.read_text()
+    for sid in SAMPLES:
+        for name in ("source.mp4", "edited.png", "mask.png"):
+            assert (gallery_results / "gallery" / "sample" / sid / name).is_file()
+    srcs = re.findall(r'<video src="([^"]+)"', html)
+    assert len(srcs) == len(SAMPLES) * 3  # source + two methods; the NaN edit has no video
+    assert all(not s.startswith(("/", "file:")) for s in srcs), "the page must use relative paths to open from anywhere"
+    assert "NonFiniteEdit: latents diverged" in html and "NaN" in html
+    assert html.index("Table 2: MagicBrush-derived videos") < html.index('class="sample"')  # tables first
+
+    status = video_status(browse(exe, page, tmp_path, "--dump-dom"))
+    assert status == {"total": len(srcs), "loaded": len(srcs), "failed": 0}
+
+    shot = tmp_path / "gallery.png"
+    browse(exe, page, tmp_path, "--hide-scrollbars", f"--window-size={WINDOW[0]},{WINDOW[1]}", f"--screenshot={shot}")
+    img = iio.imread(shot)
+    assert img.shape[:2] == (WINDOW[1], WINDOW[0])
+    assert img[..., :3].std() > 10  # not a blank page
+
+    # Seeking one sample's slider moves all of its videos to the same time (a test-only script drives the page).
+    check = page.with_name("sync_check.html")
+    check.write_text(html.replace("</body>", SYNC_CHECK + "</body>"))
+    times = json.loads(re.search(r'<pre id="sync-check">([^<]*)</pre>', browse(exe, check, tmp_path, "--dump-dom")).group(1))
+    assert len(times) == 3 and all(d > 0 for _, d in times)
+    assert all(abs(t - 0.5 * d) < 0.05 * d for t, d in times), times
+
+    views, left_out = collect_samples(gallery_results, max_samples=1)  # report.gallery_max_samples
+    assert [v.id for v in views] == SAMPLES[:1] and left_out == {"sample": len(SAMPLES) - 1}
+
+    # The check can fail: a corrupt video is reported as such.
+    (gallery_results / "sample" / "tiny" / "static" / "samples" / SAMPLES[0] / "edited.mp4").write_bytes(b"not a video")
+    status = video_status(browse(exe, page, tmp_path, "--dump-dom"))
+    assert status["failed"] == 1 and status["loaded"] == len(srcs) - 1
