@@ -20,7 +20,7 @@ from harness.cache import cache_key, cached
 from harness.metric import Column, VideoMetric
 from harness.types import EditSample
 from harness.weights import MissingWeights, _hub_reachable
-from metrics.regions import SampleCache, blank, regions_for
+from metrics.regions import TRACKER_COLUMN, SampleCache, blank, regions_for
 from metrics.tensors import batches, model_dtype, resize, to_tensor
 
 log = logging.getLogger(__name__)
@@ -139,6 +139,7 @@ class CLIPScores(VideoMetric):
         "clip_src_plus": Column(percent=True, higher_is_better=True, group="source faithfulness"),
         "clip_tc": Column(percent=True, higher_is_better=True, group="temporal consistency"),
         "region_skipped": Column(percent=False, higher_is_better=False, group="regions"),
+        **TRACKER_COLUMN,
     }
 
     def __init__(self, clip: dict, tracker: dict | None = None, fill: int = 127, min_region: float = 0.001,
@@ -169,7 +170,7 @@ class CLIPScores(VideoMetric):
         masks = regions.masks
         frac = masks.reshape(len(masks), -1).mean(1)
         ok = np.flatnonzero((frac >= self.min_region) & (1 - frac >= self.min_region))
-        out = {"region_skipped": float(len(masks) - len(ok))}
+        out = {"region_skipped": float(len(masks) - len(ok)), "region_cotracker": regions.by_cotracker}
         if len(ok) == 0:
             return {**out, "clip_tgt_plus": float("nan"), "clip_src_plus": float("nan")}
         e_tgt_in = self._source.get(sample, "tgt_in", lambda: self.embed([_bbox_crop(sample.edited_frame, sample.mask, self.fill)]))

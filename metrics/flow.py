@@ -20,7 +20,7 @@ from harness.cache import cache_key, cached
 from harness.metric import Column, VideoMetric
 from harness.types import EditSample
 from harness.weights import MissingWeights
-from metrics.regions import SampleCache, region_masks, resize_masks, blank
+from metrics.regions import TRACKER_COLUMN, SampleCache, blank, regions_for, resize_masks
 from metrics.tensors import batches, resize, to_tensor
 
 log = logging.getLogger(__name__)
@@ -120,6 +120,7 @@ class FlowError(VideoMetric):
     columns = {
         "flow": Column(percent=False, higher_is_better=False, group="source faithfulness"),
         "flow_plus": Column(percent=False, higher_is_better=False, group="source faithfulness"),
+        **TRACKER_COLUMN,
     }
 
     def __init__(self, estimator: dict, tracker: dict | None = None, size: tuple[int, int] = (320, 576),
@@ -142,7 +143,9 @@ class FlowError(VideoMetric):
         epe = np.linalg.norm(self._flows(out) - src_flow, axis=-1)
         scores = {"flow": float(epe.mean())}
         if self.tracker is not None and sample.mask is not None:
-            masks = resize_masks(region_masks(sample, self.tracker, self.device), self.size)
+            regions = regions_for(sample, self.tracker, self.device)
+            scores["region_cotracker"] = regions.by_cotracker
+            masks = resize_masks(regions.masks, self.size)
             src_b = self._source.get(sample, "flow_plus", lambda: self._flows(blank(src, masks, self.fill)))
             epe_b = np.linalg.norm(self._flows(blank(out, masks, self.fill)) - src_b, axis=-1)
             keep = ~masks[:-1]

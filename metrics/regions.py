@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.cache import cache_key, cached
+from harness.metric import Column
 from harness.types import EditSample
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,15 @@ class Regions:
     masks: np.ndarray  # bool T×H×W, the edited region of every frame
     tracker: str  # which tracker made them
 
+    @property
+    def by_cotracker(self) -> float:
+        """The row's record of the tracker: 1 for CoTracker, 0 for the flow tracker."""
+        return float(self.tracker.startswith("cotracker"))
+
+
+#: The column every "+" metric adds, so each row says which tracker made its regions.
+TRACKER_COLUMN = {"region_cotracker": Column(percent=False, higher_is_better=True, group="regions")}
+
 
 class _PackedRegions:
     """Masks bit-packed (1 MB per 14×576×1024 sample), so every sample of a dataset can stay cached."""
@@ -81,10 +91,6 @@ def regions_for(sample: EditSample, tracker_cfg: dict, device: str = "cpu") -> R
     packed = _REGIONS.get(sample, cache_key(tracker_cfg),
                           lambda: _PackedRegions(Regions(tracker(sample.source, sample.mask), tracker.name)))
     return packed.unpack()
-
-
-def region_masks(sample: EditSample, tracker_cfg: dict, device: str = "cpu") -> np.ndarray:
-    return regions_for(sample, tracker_cfg, device).masks
 
 
 def resize_masks(masks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
