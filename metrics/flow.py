@@ -146,8 +146,10 @@ class FlowError(VideoMetric):
             regions = regions_for(sample, self.tracker, self.device)
             scores["region_cotracker"] = regions.by_cotracker
             masks = resize_masks(regions.masks, self.size)
-            src_b = self._source.get(sample, "flow_plus", lambda: self._flows(blank(src, masks, self.fill)))
-            epe_b = np.linalg.norm(self._flows(blank(out, masks, self.fill)) - src_b, axis=-1)
+            # blank at the native size, then resize: no edited pixel can bleed into the kept ones
+            blanked = lambda v: self._flows(self._resized(blank(v, regions.masks, self.fill)))  # noqa: E731
+            src_b = self._source.get(sample, "flow_plus", lambda: blanked(sample.source))
+            epe_b = np.linalg.norm(blanked(edited) - src_b, axis=-1)
             keep = ~masks[:-1]
             per_pair = [e[k].mean() for e, k in zip(epe_b, keep) if k.any()]
             scores["flow_plus"] = float(np.mean(per_pair)) if per_pair else float("nan")

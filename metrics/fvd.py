@@ -136,7 +136,11 @@ def load_i3d(checkpoint: str | None = None, sha256_hex: str | None = None, width
 def _build_i3d(checkpoint, sha256_hex, width, tiny, seed, device) -> InceptionI3D:
     torch.manual_seed(seed)
     net = InceptionI3D(width=width)
-    if not tiny:
+    if tiny:  # He init keeps activations alive through the random network, so its features depend on the video
+        for m in net.modules():
+            if isinstance(m, nn.Conv3d):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+    else:
         if not checkpoint or not Path(checkpoint).is_file():
             raise MissingWeights(f"I3D Kinetics-400 weights: no file at models.i3d.checkpoint={checkpoint!r}. Put a state dict "
                                  "(Inception-I3D layout, .pt or .safetensors) there, or run with models=tiny")
