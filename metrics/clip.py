@@ -9,7 +9,6 @@ less than `min_region` of the frame are skipped and counted in `region_skipped`.
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,6 @@ from harness.weights import MissingWeights, _hub_reachable
 from metrics.regions import TRACKER_COLUMN, SampleCache, blank, regions_for
 from metrics.tensors import batches, model_dtype, resize, to_tensor
 
-log = logging.getLogger(__name__)
 
 #: A tiny CLIP of the same family (ViT image tower, QuickGELU) for offline smoke runs.
 TINY_CLIP = {
@@ -148,7 +146,6 @@ class CLIPScores(VideoMetric):
         self.tiny = bool(clip.get("tiny", False))
         self.embed = CLIPEmbedder(load_clip(**clip, device=device), device, batch_size)
         self.tracker, self.fill, self.min_region, self.device = tracker, fill, min_region, device
-        self.info: dict[str, str] = {}
         self._source = SampleCache()  # source-side embeddings are the same for every method
 
     def score(self, sample: EditSample, edited: np.ndarray) -> dict[str, float]:
@@ -166,7 +163,6 @@ class CLIPScores(VideoMetric):
 
     def _plus(self, sample: EditSample, edited: np.ndarray, e_tgt: torch.Tensor) -> dict[str, float]:
         regions = regions_for(sample, self.tracker, self.device)
-        self.info["tracker"] = regions.tracker
         masks = regions.masks
         frac = masks.reshape(len(masks), -1).mean(1)
         ok = np.flatnonzero((frac >= self.min_region) & (1 - frac >= self.min_region))

@@ -8,7 +8,6 @@ with one constant in both videos before their flows are computed.
 """
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
@@ -23,7 +22,6 @@ from harness.weights import MissingWeights
 from metrics.regions import TRACKER_COLUMN, SampleCache, blank, regions_for, resize_masks
 from metrics.tensors import batches, resize, to_tensor
 
-log = logging.getLogger(__name__)
 
 
 class DISFlow:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +42,7 @@ def flow_metric():
     return FlowError(TINY["raft"], TINY["tracker"], size=TINY["flow_size"])
 
 
+@pytest.mark.slow
 def test_identity(sample_track, sample, clip_metric, flow_metric):
     """edited = source: clip_src 100, ssim 100, flow 0, flow_plus 0, fvd ~ 0."""
     src = sample.source
@@ -112,6 +112,7 @@ def test_dis_epe_on_ground_truth_flow(sample_track):
     assert np.mean(epes) < 0.2 * np.mean(zero)
 
 
+@pytest.mark.slow
 def test_plus_variants_use_only_their_region(sample, clip_metric, flow_metric):
     masks = regions_for(sample, TINY["tracker"]).masks
     assert masks.any(axis=(1, 2)).all()
