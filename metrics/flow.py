@@ -9,7 +9,9 @@ with one constant in both videos before their flows are computed.
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
 import cv2
 import numpy as np
@@ -82,15 +84,20 @@ def load_raft(arch: str, weights: str | None, checkpoint: str | None, tiny: bool
     else:
         enum = getattr(optical_flow, {"raft_large": "Raft_Large_Weights", "raft_small": "Raft_Small_Weights"}[arch])[weights]
         cached_file = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(enum.url)
-        if not cached_file.exists() and os.environ.get("HF_HUB_OFFLINE", "0") in ("1", "true"):
-            raise MissingWeights(f"RAFT weights {weights} not in the torch hub cache ({cached_file}); "
-                                 "set models.raft.checkpoint=FILE or run with models=tiny")
-        try:
-            model = build(weights=enum, progress=False)
-        except Exception as e:  # no network: one clear message instead of a urllib trace
-            raise MissingWeights(f"RAFT weights {weights}: not in {cached_file} and could not be downloaded ({e}); "
-                                 "set models.raft.checkpoint=FILE or run with models=tiny") from e
+        if not cached_file.exists() and not _reachable(urlparse(enum.url).hostname):
+            raise MissingWeights(f"RAFT weights {weights}: not in the torch hub cache ({cached_file}) and "
+                                 f"{urlparse(enum.url).hostname} cannot be reached; set models.raft.checkpoint=FILE "
+                                 "or run with models=tiny")
+        model = build(weights=enum, progress=False)
     return model.eval().to(device)
+
+
+def _reachable(host: str, timeout: float = 3.0) -> bool:
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def _load_state_dict(path: str) -> dict:
