@@ -1,0 +1,161 @@
+"""Flow and Flow+ (paper Table 2, source faithfulness): end-point error between the optical flow of the
+source video and that of the edited video, frame t -> t+1, at one fixed evaluation size for every method.
+
+Estimators: torchvision RAFT large (default weights C_T_SKHT_V2, or a local file) and OpenCV DIS
+(weight-free). Flow+ averages the error over unedited-region pixels only; so that the edited region's
+content cannot leak into that average through the flow network's receptive field, the region is blanked
+with one constant in both videos before their flows are computed.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+import cv2
+import numpy as np
+import torch
+
+from harness.cache import cache_key, cached
+from harness.metric import Column, VideoMetric
+from harness.types import EditSample
+from harness.weights import MissingWeights
+from metrics.regions import TRACKER_COLUMN, SampleCache, blank, regions_for, resize_masks
+from metrics.tensors import batches, resize, to_tensor
+
+
+
+class DISFlow:
+    """OpenCV's Dense Inverse Search flow: no weights, CPU, a few ms per pair."""
+
+    name = "dis"
+    tiny = False
+
+    def __init__(self, preset: str = "medium"):
+        presets = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+                   "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}
+        self.dis = cv2.DISOpticalFlow_create(presets[preset])
+
+    def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Forward flow (dx, dy) from each frame of `a` to the same-index frame of `b`: float32 N×H×W×2."""
+        gray = lambda f: cv2.cvtColor(f, cv2.COLOR_RGB2GRAY)  # noqa: E731
+        return np.stack([self.dis.calc(gray(x), gray(y), None) for x, y in zip(a, b)]).astype(np.float32)
+
+
+class RAFTFlow:
+    """torchvision RAFT (large by default). Runs in fp32: its iterative refinement is not fp16-safe."""
+
+    name = "raft"
+
+    def __init__(self, arch: str = "raft_large", weights: str | None = "C_T_SKHT_V2", checkpoint: str | None = None,
+                 num_flow_updates: int = 12, batch_size: int = 8, tiny: bool = False, seed: int = 0, device: str = "cpu"):
+        self.device, self.num_flow_updates, self.batch_size, self.tiny = device, num_flow_updates, batch_size, tiny
+        self.model = cached(cache_key("raft", arch, weights, checkpoint, tiny, seed, device),
+                            lambda: load_raft(arch, weights, checkpoint, tiny, seed, device))
+
+    @torch.no_grad()
+    def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        h, w = a.shape[1:3]
+        if h % 8 or w % 8 or min(h, w) < 128:
+            raise ValueError(f"RAFT needs H, W divisible by 8 and >= 128; got {h}x{w} (set the metric's size)")
+        out = []
+        for s in batches(len(a), self.batch_size):
+            x = to_tensor(a[s], self.device) * 2 - 1
+            y = to_tensor(b[s], self.device) * 2 - 1
+            out.append(self.model(x, y, num_flow_updates=self.num_flow_updates)[-1].permute(0, 2, 3, 1).float().cpu())
+        return torch.cat(out).numpy()
+
+
+def load_raft(arch: str, weights: str | None, checkpoint: str | None, tiny: bool, seed: int, device: str) -> torch.nn.Module:
+    """RAFT with real weights (torchvision's enum from the torch hub cache, or a local state-dict file), or
+    seeded random weights when `tiny`. Missing real weights are an error, never random weights."""
+    from torchvision.models import optical_flow
+
+    build = getattr(optical_flow, arch)
+    if tiny:
+        torch.manual_seed(seed)
+        model = build(weights=None)
+    elif checkpoint:
+        if not Path(checkpoint).is_file():
+            raise MissingWeights(f"RAFT checkpoint {checkpoint} does not exist")
+        model = build(weights=None)
+        model.load_state_dict(_load_state_dict(checkpoint))
+    else:
+        enum = getattr(optical_flow, {"raft_large": "Raft_Large_Weights", "raft_small": "Raft_Small_Weights"}[arch])[weights]
+        cached_file = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(enum.url)
+        if not cached_file.exists() and not _reachable(urlparse(enum.url).hostname):
+            raise MissingWeights(f"RAFT weights {weights}: not in the torch hub cache ({cached_file}) and "
+                                 f"{urlparse(enum.url).hostname} cannot be reached; set models.raft.checkpoint=FILE "
+                                 "or run with models=tiny")
+        model = build(weights=enum, progress=False)
+    return model.eval().to(device)
+
+
+def _reachable(host: str, timeout: float = 3.0) -> bool:
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _load_state_dict(path: str) -> dict:
+    if str(path).endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def make_flow(cfg: dict, device: str = "cpu"):
+    """A flow estimator from its config (`kind: raft|dis` plus that estimator's settings)."""
+    cfg = dict(cfg)
+    kind = cfg.pop("kind")
+    if kind == "dis":
+        return DISFlow(**cfg)
+    if kind == "raft":
+        return RAFTFlow(**cfg, device=device)
+    raise ValueError(f"flow estimator kind must be raft or dis, got {kind!r}")
+
+
+class FlowError(VideoMetric):
+    """`flow`: mean EPE over all pixels; `flow_plus`: mean EPE over unedited-region pixels (tracked masks)."""
+
+    columns = {
+        "flow": Column(percent=False, higher_is_better=False, group="source faithfulness"),
+        "flow_plus": Column(percent=False, higher_is_better=False, group="source faithfulness"),
+        **TRACKER_COLUMN,
+    }
+
+    def __init__(self, estimator: dict, tracker: dict | None = None, size: tuple[int, int] = (320, 576),
+                 fill: int = 127, device: str = "cpu"):
+        self.estimator = make_flow(estimator, device)
+        self.tiny = bool(getattr(self.estimator, "tiny", False))
+        self.tracker, self.size, self.fill, self.device = tracker, tuple(size), fill, device
+        self._source = SampleCache()  # the source's flows are the same for every method
+
+    def _resized(self, video: np.ndarray) -> np.ndarray:
+        return (resize(to_tensor(video, "cpu"), self.size).clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+
+    def _flows(self, video: np.ndarray) -> np.ndarray:
+        return self.estimator(video[:-1], video[1:])
+
+    def score(self, sample: EditSample, edited: np.ndarray) -> dict[str, float]:
+        src = self._resized(sample.source)
+        out = self._resized(edited)
+        src_flow = self._source.get(sample, "flow", lambda: self._flows(src))
+        epe = np.linalg.norm(self._flows(out) - src_flow, axis=-1)
+        scores = {"flow": float(epe.mean())}
+        if self.tracker is not None and sample.mask is not None:
+            regions = regions_for(sample, self.tracker, self.device)
+            scores["region_cotracker"] = regions.by_cotracker
+            masks = resize_masks(regions.masks, self.size)
+            # blank at the native size, then resize: no edited pixel can bleed into the kept ones
+            blanked = lambda v: self._flows(self._resized(blank(v, regions.masks, self.fill)))  # noqa: E731
+            src_b = self._source.get(sample, "flow_plus", lambda: blanked(sample.source))
+            epe_b = np.linalg.norm(blanked(edited) - src_b, axis=-1)
+            keep = ~masks[:-1]
+            per_pair = [e[k].mean() for e, k in zip(epe_b, keep) if k.any()]
+            scores["flow_plus"] = float(np.mean(per_pair)) if per_pair else float("nan")
+        return scores
