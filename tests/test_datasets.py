@@ -51,7 +51,7 @@ def test_each_bad_input_fails_alone_with_its_file_named(compose, tmp_path):
     _good(root, "fine_b")
     for name, (damage, _) in DEFECTS.items():
         damage(_good(root, name))
-    summary = run.main(compose("method=identity", "dataset=folder", f"dataset.root={root}"))
+    summary = run.main(compose("metrics=basic", "method=identity", "dataset=folder", f"dataset.root={root}"))
     rows = {r.sample_id: r for r in RunDir(tmp_path / "results" / "folder" / "tiny" / "identity").rows()}
     assert summary["n_failed"] == len(DEFECTS) and summary["n_ok"] == 2
     assert rows["fine_a"].status == rows["fine_b"].status == "ok"
@@ -119,7 +119,7 @@ def test_hdvila_manifest_builds_cut_cropped_16_9_clips(tmp_path, compose):
         "b,b.mp4,,,,,b_edit.png,,add a cat,add_object\n"
         "c,missing.mp4,,,,,b_edit.png,,add a dog,add_object\n"
     )
-    cfg = compose("stage=build", "dataset=hdvila_expert", f"dataset.manifest={raw / 'm.csv'}", "dataset.size=[36,64]")
+    cfg = compose("metrics=basic", "stage=build", "dataset=hdvila_expert", f"dataset.manifest={raw / 'm.csv'}", "dataset.size=[36,64]")
     run.main(cfg)
     root = Path(cfg.data_dir) / "hdvila_expert"
     ds = FolderDataset(root, name="hdvila_expert")

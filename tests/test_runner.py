@@ -17,7 +17,7 @@ def _rows(results, method, dataset="sample", models="tiny"):
 
 def test_identity_ssim_is_perfect_and_oracle_beats_static(compose, tmp_path):
     for m in ("identity", "static", "oracle"):
-        run.main(compose(f"method={m}", "dataset.limit=3"))
+        run.main(compose("metrics=basic", f"method={m}", "dataset.limit=3"))
     res = tmp_path / "results"
     ident, static, oracle = (_rows(res, m) for m in ("identity", "static", "oracle"))
     assert len(ident) == 3 and all(r.status == "ok" for r in ident.values())
@@ -29,21 +29,21 @@ def test_identity_ssim_is_perfect_and_oracle_beats_static(compose, tmp_path):
 
 
 def test_resume_edits_nothing_the_second_time(compose, tmp_path):
-    cfg = compose("method=static", "dataset.limit=2")
+    cfg = compose("metrics=basic", "method=static", "dataset.limit=2")
     first = run.main(cfg)
     run_dir = RunDir(tmp_path / "results" / "sample" / "tiny" / "static")
     stamps = {p: p.stat().st_mtime_ns for p in run_dir.root.glob("samples/*/*")}
-    second = run.main(compose("method=static", "dataset.limit=2"))
+    second = run.main(compose("metrics=basic", "method=static", "dataset.limit=2"))
     assert first["n_ok"] == second["n_ok"] == 2 and second["skipped"] == 2
     assert {p: p.stat().st_mtime_ns for p in run_dir.root.glob("samples/*/*")} == stamps
 
 
 def test_changed_config_in_same_folder_is_refused(compose):
-    run.main(compose("method=identity", "dataset.limit=1"))
+    run.main(compose("metrics=basic", "method=identity", "dataset.limit=1"))
     from harness.results import ConfigMismatch
 
     with pytest.raises(ConfigMismatch, match="seed"):
-        run.main(compose("method=identity", "dataset.limit=1", "seed=7"))
+        run.main(compose("metrics=basic", "method=identity", "dataset.limit=1", "seed=7"))
 
 
 def test_corrupt_sample_fails_alone(compose, tmp_path, data_dir):
@@ -55,7 +55,7 @@ def test_corrupt_sample_fails_alone(compose, tmp_path, data_dir):
         shutil.copytree(data_dir / "sample" / sid, root / sid)
     bad = root / ids[1] / "source.mkv"
     bad.write_bytes(bad.read_bytes()[:2000])  # truncated video
-    summary = run.main(compose("method=identity", "dataset=folder", f"dataset.root={root}"))
+    summary = run.main(compose("metrics=basic", "method=identity", "dataset=folder", f"dataset.root={root}"))
     rows = _rows(tmp_path / "results", "identity", dataset="folder")
     assert summary["n_failed"] == 1 and summary["n_ok"] == 2
     assert rows[ids[1]].status == "failed"
@@ -65,21 +65,21 @@ def test_corrupt_sample_fails_alone(compose, tmp_path, data_dir):
 
 def test_nan_edit_is_recorded_as_nan_and_the_run_goes_on(compose, tmp_path, sample_track):
     ids = sample_track.ids()[:2]
-    cfg = compose("method=identity", "dataset.limit=2", "+method.nan_ids=[" + ids[0] + "]",
+    cfg = compose("metrics=basic", "method=identity", "dataset.limit=2", "+method.nan_ids=[" + ids[0] + "]",
                   "method._target_=tests.fake_methods.Unstable", "tag=unstable")
     summary = run.main(cfg)
     rows = _rows(tmp_path / "results", "unstable")
     assert rows[ids[0]].status == "nan" and math.isnan(rows[ids[0]].scores["ssim"]) and rows[ids[0]].costs.nfe == 3
     assert rows[ids[1]].status == "ok" and rows[ids[1]].scores["ssim"] == pytest.approx(1.0)
     assert summary["n_nan"] == 1 and summary["n_failed"] == 0 and summary["scores"]["ssim"] is None
-    table = run.main(compose("stage=report"))
+    table = run.main(compose("metrics=basic", "stage=report"))
     assert math.isnan(table.set_index("method").loc["unstable", "ssim"])
 
 
 def test_report_is_the_mean_of_the_rows(compose, tmp_path):
     for m in ("identity", "static"):
-        run.main(compose(f"method={m}", "dataset.limit=3"))
-    run.main(compose("stage=report"))
+        run.main(compose("metrics=basic", f"method={m}", "dataset.limit=3"))
+    run.main(compose("metrics=basic", "stage=report"))
     table = pd.read_csv(tmp_path / "results" / "table.csv").set_index("method")
     for m in ("identity", "static"):
         rows = _rows(tmp_path / "results", m).values()
@@ -91,12 +91,12 @@ def test_report_is_the_mean_of_the_rows(compose, tmp_path):
 
 
 def test_stage_score_rescores_without_editing(compose, tmp_path):
-    run.main(compose("method=static", "dataset.limit=1"))
+    run.main(compose("metrics=basic", "method=static", "dataset.limit=1"))
     run_dir = RunDir(tmp_path / "results" / "sample" / "tiny" / "static")
     video = next(run_dir.root.glob("samples/*/edited.mkv"))
     before = video.stat().st_mtime_ns
     row_before = run_dir.rows()[0]
-    summary = run.main(compose("method=static", "dataset.limit=1", "stage=score"))
+    summary = run.main(compose("metrics=basic", "method=static", "dataset.limit=1", "stage=score"))
     assert video.stat().st_mtime_ns == before
     row_after = run_dir.rows()[0]
     assert row_after.scores == pytest.approx(row_before.scores) and summary["n_ok"] == 1
@@ -110,13 +110,13 @@ def test_ctrl_c_loses_nothing_already_finished(compose, tmp_path, sample_track):
     cfg = ("method=identity", "dataset.limit=3", "method._target_=tests.fake_methods.Interrupting", "tag=interrupted")
     Interrupting.interrupt_on = ids[1]
     with pytest.raises(KeyboardInterrupt):
-        run.main(compose(*cfg))
+        run.main(compose("metrics=basic", *cfg))
     run_dir = RunDir(tmp_path / "results" / "sample" / "tiny" / "interrupted")
     assert [r.sample_id for r in run_dir.rows()] == [ids[0]]
     assert not list(run_dir.root.rglob(".*"))  # no half-written temporary files left behind
     # The rerun (now uninterrupted) resumes: the first sample is skipped, the other two are edited.
     Interrupting.interrupt_on = None
-    summary = run.main(compose(*cfg))
+    summary = run.main(compose("metrics=basic", *cfg))
     assert summary["skipped"] == 1 and summary["n_ok"] == 3
 
 
@@ -126,6 +126,6 @@ def test_oracle_without_ground_truth_fails_clearly(compose, tmp_path, data_dir):
     root = tmp_path / "plain"
     sid = sorted(p.name for p in (data_dir / "sample").iterdir() if p.is_dir())[0]
     shutil.copytree(data_dir / "sample" / sid, root / sid, ignore=shutil.ignore_patterns("truth"))
-    summary = run.main(compose("method=oracle", "dataset=folder", f"dataset.root={root}"))
+    summary = run.main(compose("metrics=basic", "method=oracle", "dataset=folder", f"dataset.root={root}"))
     assert summary["n_failed"] == 1
     assert "ground-truth" in summary["failures"][sid] and sid in summary["failures"][sid]
