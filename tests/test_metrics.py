@@ -19,7 +19,8 @@ from metrics.tifa import TIFA, load_questions, map_answer, tifa_score
 from metrics.tifa_questions import parse_questions
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = OmegaConf.to_container(OmegaConf.load(REPO / "conf/models/tiny.yaml"), resolve=True)
+# The tiny models group as Hydra composes it (its entries interpolate `${models.*}`).
+TINY = OmegaConf.to_container(OmegaConf.create({"models": OmegaConf.load(REPO / "conf/models/tiny.yaml")}), resolve=True)["models"]
 FRAMES = 9  # I3D's minimum; fewer frames keep the tests fast
 
 
