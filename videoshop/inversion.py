@@ -30,7 +30,7 @@ def invert(F: Model, x0: torch.Tensor, sigmas: list[float], *, mode: str = "extr
     if noise not in ("fixed", "fresh"):
         raise ValueError(f"below-threshold noise must be fixed or fresh, got {noise!r}")
     up = sigmas[::-1]
-    eps = torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(x0.device)
+    eps = torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(x0)
     x = x0
     for s, s_next in zip(up[:-1], up[1:]):
         if mode == "naive":
@@ -40,7 +40,7 @@ def invert(F: Model, x0: torch.Tensor, sigmas: list[float], *, mode: str = "extr
         elif noise == "fixed":
             x_eval = x0 + eps * s_next * x0.std()
         else:
-            x_eval = x0 + torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(x0.device) * s_next
+            x_eval = x0 + torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(x0) * s_next
         x = euler_step_inverse(x, F(x_eval, s_next), s, s_next)  # Eq. 7
     return x
 
