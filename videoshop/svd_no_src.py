@@ -33,8 +33,11 @@ class SVDNoSource(EditMethod):
         self.noise_aug, self.fps, self.motion_bucket_id = float(noise_aug), int(fps), int(motion_bucket_id)
 
     @torch.no_grad()
-    def latents(self, image: np.ndarray, num_frames: int, seed: int) -> torch.Tensor:
-        """The generated latents for a uint8 h×w×3 image at the working size (what the pipeline returns as 'latent')."""
+    def latents(self, image: np.ndarray, num_frames: int, seed: int, trajectory: list | None = None) -> torch.Tensor:
+        """The generated latents for a uint8 h×w×3 image at the working size (what the pipeline returns as 'latent').
+
+        With `trajectory`, the state at every σ level the sampler visits is appended to it (the final one included).
+        """
         c = self.svd
         g = torch.Generator().manual_seed(seed)
         cond = svd.condition(c, image, num_frames, generator=g, noise_aug=self.noise_aug, fps=self.fps,
@@ -46,7 +49,13 @@ class SVDNoSource(EditMethod):
         f = 2 ** (len(c.vae.config.block_out_channels) - 1)
         shape = (1, num_frames, c.unet.config.out_channels, h // f, w // f)
         x = randn_tensor(shape, generator=g, device=c.device, dtype=cond.embeds.dtype).float()
-        return sample(svd.model(c, cond), x * float(scheduler.init_noise_sigma), sigmas)
+        F = svd.model(c, cond)
+        if trajectory is not None:
+            model_, F = F, lambda x_, s: (trajectory.append(x_.clone()), model_(x_, s))[1]
+        out = sample(F, x * float(scheduler.init_noise_sigma), sigmas)
+        if trajectory is not None:
+            trajectory.append(out.clone())
+        return out
 
     def edit(self, sample_: EditSample, seed: int) -> EditedVideo:
         c = self.svd
