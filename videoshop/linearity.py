@@ -79,7 +79,7 @@ def analyze(cfg) -> dict:
               "per_video": [summary(m) for m in mats], "paper": PAPER}
     (out / "linearity.json").write_text(json.dumps(result, indent=2))
     s = summary(mean)
-    plot(mean, out / "cosine.png", f"{cfg.models.name} on {cfg.dataset.name} ({len(mats)} videos): all pairs "
+    plot(mean, out / "cosine.png", f"{cfg.models.name} on {cfg.dataset.name} ({len(mats)} videos)\nall pairs "
          f"{s['all_pairs']:.4f}, consecutive {s['consecutive']:.4f}, min {s['consecutive_min']:.4f}")
     result["dir"] = str(out)
     return result

@@ -5,8 +5,9 @@ the process-wide cache, so a multirun loads SVD once. The entry (`models.svd_bac
 
 * real: `{repo_id, revision, root?, dtype}`: a local folder from `harness.weights.local_model_dir`, then each
   component's own `from_pretrained(folder, subfolder=...)`, fp16 on CUDA; or
-* tiny: `{tiny: true, seed, ...sizes}`: the same classes built from small configs with seeded random weights
-  (VAE with four down blocks like SVD's, so latents are 1/8 of the frame), for offline smoke runs and tests.
+* tiny: `{tiny: true, seed, unet, vae, clip}`: the same classes built from the given configs with seeded random
+  weights: small ones in `models=tiny` (VAE with four down blocks like SVD's, so latents are 1/8 of the frame)
+  for offline smoke runs and tests; full-size ones (`SVD_FULL`) in the benchmark.
 """
 from __future__ import annotations
 
@@ -154,7 +155,10 @@ def load_svd(entry: Any, device: str | torch.device = "cpu") -> SVDComponents:
         dtype = _dtype(entry, device)
         parts = _tiny(entry) if entry.get("tiny") else _real(entry, dtype)
         for name in ("unet", "vae", "image_encoder"):
-            parts[name] = parts[name].to(device=device, dtype=dtype).eval().requires_grad_(False)
+            module = parts[name].to(device)
+            if module.dtype != dtype:
+                module = module.to(dtype)
+            parts[name] = module.eval().requires_grad_(False)
         return SVDComponents(**parts, device=device, dtype=dtype, tiny=bool(entry.get("tiny")))
 
     return cached(cache_key("svd", entry, str(device)), factory)
