@@ -83,6 +83,7 @@ def test_ablation_configs_flip_exactly_their_switch(compose):
         cfg = OmegaConf.to_container(compose(f"method={name}").method, resolve=True)
         diff = {k: v for k, v in cfg.items() if full.get(k) != v and k != "name"}
         assert diff == switch, name
+    assert _method(compose, "videoshop").svd is _method(compose, "bdia").svd  # SVD loaded once per process
     sweep = OmegaConf.load(run.REPO_ROOT / "conf/experiment/table5.yaml").hydra.sweeper.params.method.split(",")
     assert sweep == ["videoshop", "videoshop_no_norm", "videoshop_no_rescale", "videoshop_no_extrapolation",
                      "videoshop_no_threshold"]

@@ -12,6 +12,7 @@ the process-wide cache, so a multirun loads SVD once. The entry (`models.svd_bac
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -95,6 +96,11 @@ class SVDComponents:
                                             scheduler=self.new_scheduler(), feature_extractor=self.feature_extractor)
         pipe.set_progress_bar_config(disable=True)
         return pipe
+
+    @cached_property
+    def helpers(self) -> StableVideoDiffusionPipeline:
+        """One uncounted pipeline whose helpers (CLIP encoding) the methods reuse, built once per components."""
+        return self.pipeline(counted=False)
 
     def save_pretrained(self, folder) -> None:
         """Write the components in the hub repo's layout (one subfolder each), loadable by `load_svd(root=...)`."""

@@ -18,7 +18,7 @@ from harness.method import EditMethod, NonFiniteEdit
 from harness.types import EditedVideo, EditSample
 from videoshop import svd
 from videoshop.edm import schedule
-from videoshop.inversion import bdia_invert, bdia_sample, invert, sample
+from videoshop.inversion import bdia_invert, bdia_sample, invert, sample as euler_sample
 from videoshop.latents import normalize, rescale
 from videoshop.models import load_svd
 
@@ -53,12 +53,12 @@ class Videoshop(EditMethod):
             torch.cuda.synchronize()
 
     @torch.no_grad()
-    def edit(self, sample_: EditSample, seed: int) -> EditedVideo:
+    def edit(self, sample: EditSample, seed: int) -> EditedVideo:
         c = self.svd
         c.counter.calls = 0
         g = torch.Generator().manual_seed(seed)  # on the CPU, so a seed means the same noise on every device
-        video = svd.resize_frames(sample_.source, self.size)
-        edited = svd.resize_frames(sample_.edited_frame[None], self.size)[0]
+        video = svd.resize_frames(sample.source, self.size)
+        edited = svd.resize_frames(sample.edited_frame[None], self.size)[0]
         T, sf = video.shape[0], c.vae.config.scaling_factor
         sigmas = schedule(c.new_scheduler(), self.steps, self.strength)
         common = dict(generator=g, noise_aug=self.noise_aug, fps=self.fps, motion_bucket_id=self.motion_bucket_id)
@@ -83,7 +83,7 @@ class Videoshop(EditMethod):
         # 3. Generation: Euler from the inverted latent, conditioned on the edited frame, CFG with zero negatives.
         tgt = svd.condition(c, edited, T, min_guidance=self.guidance, max_guidance=self.guidance, **common)
         F_tgt = svd.model(c, tgt)
-        x = bdia_sample(F_tgt, start, sigmas, self.bdia_gamma) if self.inversion == "bdia" else sample(F_tgt, start, sigmas)
+        x = bdia_sample(F_tgt, start, sigmas, self.bdia_gamma) if self.inversion == "bdia" else euler_sample(F_tgt, start, sigmas)
         self._check(x, "generation")
         self._sync()
         t_gen = time.perf_counter()
@@ -91,7 +91,7 @@ class Videoshop(EditMethod):
         # 4. Rescale to the clean edited frame's latent statistics, per channel (Eq. 8), and decode.
         if self.rescale:
             x = rescale(x, svd.encode(c, svd.to_pixels(edited[None], c))[:, 0] * sf)
-        frames = svd.decode(c, x, sample_.size)
+        frames = svd.decode(c, x, sample.size)
         self._sync()
         t_end = time.perf_counter()
         # seconds as the release times it: encode + inversion + generation (no model loading, no final decode)

@@ -73,8 +73,7 @@ def condition(c: SVDComponents, image: np.ndarray, num_frames: int, *, generator
     added time ids (fps − 1, motion bucket, noise_aug); per-frame guidance linspace(min, max) when max > 1.
     """
     cfg = max_guidance > 1.0
-    pipe = c.pipeline(counted=False)
-    embeds = pipe._encode_image(PIL.Image.fromarray(image), c.device, 1, cfg)
+    embeds = c.helpers._encode_image(PIL.Image.fromarray(image), c.device, 1, cfg)
     pixels = to_pixels(image[None], c)
     pixels = pixels + noise_aug * randn_tensor(pixels.shape, generator=generator, device=c.device, dtype=pixels.dtype)
     lat = encode(c, pixels)[:, 0]  # 1×C×h×w

@@ -16,7 +16,7 @@ from harness.method import EditMethod
 from harness.types import EditedVideo, EditSample
 from videoshop import svd
 from videoshop.edm import schedule
-from videoshop.inversion import sample
+from videoshop.inversion import sample as euler_sample
 from videoshop.models import load_svd
 
 
@@ -52,15 +52,15 @@ class SVDNoSource(EditMethod):
         F = svd.model(c, cond)
         if trajectory is not None:
             model_, F = F, lambda x_, s: (trajectory.append(x_.clone()), model_(x_, s))[1]
-        out = sample(F, x * float(scheduler.init_noise_sigma), sigmas)
+        out = euler_sample(F, x * float(scheduler.init_noise_sigma), sigmas)
         if trajectory is not None:
             trajectory.append(out.clone())
         return out
 
-    def edit(self, sample_: EditSample, seed: int) -> EditedVideo:
+    def edit(self, sample: EditSample, seed: int) -> EditedVideo:
         c = self.svd
         c.counter.calls = 0
         t0 = time.perf_counter()
-        image = svd.resize_frames(sample_.edited_frame[None], self.size)[0]
-        frames = svd.decode(c, self.latents(image, sample_.num_frames, seed), sample_.size)
+        image = svd.resize_frames(sample.edited_frame[None], self.size)[0]
+        frames = svd.decode(c, self.latents(image, sample.num_frames, seed), sample.size)
         return EditedVideo(frames, nfe=c.nfe, seconds=time.perf_counter() - t0, info={"tiny_models": c.tiny})
