@@ -1,0 +1,170 @@
+"""Stable Video Diffusion components: real weights through diffusers/transformers `from_pretrained`, or tiny random ones.
+
+`load_svd(models_cfg_entry, device)` is the one way every SVD-based method gets its backbone; it goes through
+the process-wide cache, so a multirun loads SVD once. The entry (`models.svd_backbone`) is either
+
+* real: `{repo_id, revision, root?, dtype}`: a local folder from `harness.weights.local_model_dir`, then each
+  component's own `from_pretrained(folder, subfolder=...)`, fp16 on CUDA; or
+* tiny: `{tiny: true, seed, unet, vae, clip}`: the same classes built from the given configs with seeded random
+  weights: small ones in `models=tiny` (VAE with four down blocks like SVD's, so latents are 1/8 of the frame)
+  for offline smoke runs and tests; full-size ones (`SVD_FULL`) in the benchmark.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import torch
+from diffusers import (
+    AutoencoderKLTemporalDecoder,
+    EulerDiscreteScheduler,
+    StableVideoDiffusionPipeline,
+    UNetSpatioTemporalConditionModel,
+)
+from omegaconf import DictConfig, OmegaConf
+from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+from harness.cache import cache_key, cached
+
+#: SVD's own scheduler config (v-prediction, Karras sigmas in [0.002, 700], continuous timesteps 0.25·ln σ).
+SVD_SCHEDULER_CONFIG: dict[str, Any] = {
+    "beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085, "interpolation_type": "linear",
+    "num_train_timesteps": 1000, "prediction_type": "v_prediction", "sigma_max": 700.0, "sigma_min": 0.002,
+    "steps_offset": 1, "timestep_spacing": "leading", "timestep_type": "continuous", "trained_betas": None,
+    "use_karras_sigmas": True,
+}
+
+#: Full-size SVD architectures (img2vid, 14 frames): for the benchmark's architecture-equal random weights.
+SVD_FULL = {
+    "unet": dict(sample_size=96, num_frames=14),  # the rest are UNetSpatioTemporalConditionModel's defaults = SVD
+    "vae": dict(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+                layers_per_block=2, latent_channels=4, sample_size=768),
+    "clip": dict(hidden_size=1280, intermediate_size=5120, num_attention_heads=16, num_hidden_layers=32,
+                 patch_size=14, image_size=224, projection_dim=1024, hidden_act="gelu"),
+}
+
+
+class CountingUNet(torch.nn.Module):
+    """Wraps the UNet and counts its forward calls (a CFG-batched call counts once): the edit's `nfe`."""
+
+    def __init__(self, unet: UNetSpatioTemporalConditionModel):
+        super().__init__()
+        self.unet = unet
+        self.calls = 0
+
+    def forward(self, *args, **kwargs):
+        self.calls += 1
+        return self.unet(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.unet, name)
+
+
+@dataclass
+class SVDComponents:
+    """The five SVD components on one device, plus the UNet-call counter."""
+
+    unet: UNetSpatioTemporalConditionModel
+    vae: AutoencoderKLTemporalDecoder
+    image_encoder: CLIPVisionModelWithProjection
+    feature_extractor: CLIPImageProcessor
+    scheduler: EulerDiscreteScheduler
+    device: torch.device
+    dtype: torch.dtype
+    tiny: bool = False
+    counter: CountingUNet = field(init=False)
+
+    def __post_init__(self):
+        self.counter = CountingUNet(self.unet)
+
+    @property
+    def nfe(self) -> int:
+        return self.counter.calls
+
+    def new_scheduler(self) -> EulerDiscreteScheduler:
+        """A fresh scheduler (its step index is per-run state, so the cached one is never stepped)."""
+        return EulerDiscreteScheduler.from_config(self.scheduler.config)
+
+    def pipeline(self, counted: bool = True) -> StableVideoDiffusionPipeline:
+        """diffusers' own image-to-video pipeline on these components (UNet calls counted unless `counted=False`)."""
+        pipe = StableVideoDiffusionPipeline(vae=self.vae, image_encoder=self.image_encoder,
+                                            unet=self.counter if counted else self.unet,
+                                            scheduler=self.new_scheduler(), feature_extractor=self.feature_extractor)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    @cached_property
+    def helpers(self) -> StableVideoDiffusionPipeline:
+        """One uncounted pipeline whose helpers (CLIP encoding) the methods reuse, built once per components."""
+        return self.pipeline(counted=False)
+
+    def save_pretrained(self, folder) -> None:
+        """Write the components in the hub repo's layout (one subfolder each), loadable by `load_svd(root=...)`."""
+        self.pipeline(counted=False).save_pretrained(folder)
+
+
+def _plain(entry: Any) -> dict[str, Any]:
+    return OmegaConf.to_container(entry, resolve=True) if isinstance(entry, DictConfig) else dict(entry)
+
+
+def _dtype(entry: dict[str, Any], device: torch.device) -> torch.dtype:
+    name = entry.get("dtype", "auto")
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return getattr(torch, name)
+
+
+def build_random(unet: dict, vae: dict, clip: dict, seed: int = 0) -> dict[str, Any]:
+    """SVD's component classes with the given configs and seeded random weights (the tiny models; the benchmark)."""
+    torch.manual_seed(seed)
+    unet_model = UNetSpatioTemporalConditionModel(**unet)
+    vae_model = AutoencoderKLTemporalDecoder(**vae)
+    clip_cfg = CLIPVisionConfig(**clip)
+    image_encoder = CLIPVisionModelWithProjection(clip_cfg)
+    size = clip_cfg.image_size
+    feature_extractor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    return dict(unet=unet_model, vae=vae_model, image_encoder=image_encoder,
+                feature_extractor=feature_extractor,
+                scheduler=EulerDiscreteScheduler.from_config(SVD_SCHEDULER_CONFIG))
+
+
+def _tiny(entry: dict[str, Any]) -> dict[str, Any]:
+    return build_random(entry["unet"], entry["vae"], entry["clip"], seed=int(entry.get("seed", 0)))
+
+
+def _real(entry: dict[str, Any], dtype: torch.dtype) -> dict[str, Any]:
+    from harness.weights import local_model_dir
+
+    folder = local_model_dir(entry["repo_id"], entry.get("revision"), entry.get("root"),
+                             allow_patterns=entry.get("allow_patterns"))
+    variant = entry.get("variant") if dtype == torch.float16 else None
+    kw = dict(torch_dtype=dtype)
+    return dict(
+        unet=UNetSpatioTemporalConditionModel.from_pretrained(folder, subfolder="unet", variant=variant, **kw),
+        vae=AutoencoderKLTemporalDecoder.from_pretrained(folder, subfolder="vae", variant=variant, **kw),
+        image_encoder=CLIPVisionModelWithProjection.from_pretrained(folder, subfolder="image_encoder", variant=variant, **kw),
+        feature_extractor=CLIPImageProcessor.from_pretrained(folder, subfolder="feature_extractor"),
+        scheduler=EulerDiscreteScheduler.from_pretrained(folder, subfolder="scheduler"),
+    )
+
+
+def load_svd(entry: Any, device: str | torch.device = "cpu") -> SVDComponents:
+    """SVD components for a `models.svd_backbone`-style entry, loaded once per process and device."""
+    entry = _plain(entry)
+    device = torch.device(device)
+
+    def factory() -> SVDComponents:
+        dtype = _dtype(entry, device)
+        parts = _tiny(entry) if entry.get("tiny") else _real(entry, dtype)
+        for name in ("unet", "vae", "image_encoder"):
+            module = parts[name].to(device)
+            if module.dtype != dtype:
+                module = module.to(dtype)
+            parts[name] = module.eval().requires_grad_(False)
+        return SVDComponents(**parts, device=device, dtype=dtype, tiny=bool(entry.get("tiny")))
+
+    return cached(cache_key("svd", entry, str(device)), factory)
