@@ -80,12 +80,11 @@ def read_linearity(folder: Path) -> dict | None:
     m = np.asarray(data["matrix"], dtype=float)
     if m.ndim != 2 or m.shape[0] != m.shape[1] or m.shape[0] < 2:
         raise ValueError(f"{folder}: the cosine matrix must be square with at least 2 steps, got shape {m.shape}")
-    off = m[~np.eye(len(m), dtype=bool)]
-    consecutive = np.diag(m, 1)
+    from videoshop.linearity import summary
+
     data["matrix"] = m
-    data.setdefault("all_pairs", float(off.mean()))
-    data.setdefault("consecutive_mean", float(consecutive.mean()))
-    data.setdefault("consecutive_min", float(consecutive.min()))
+    for key, value in summary(m).items():
+        data.setdefault(key, value)
     return data
 
 
