@@ -56,9 +56,7 @@ class AnyV2V(EditMethod):
 
     # --- conditioning, as I2VGenXLPipeline computes it -------------------------------------------------
     def _text(self, prompt: str) -> torch.Tensor:
-        tok = self.m.tokenizer(prompt, padding="max_length", max_length=self.m.tokenizer.model_max_length,
-                               truncation=True, return_tensors="pt")
-        return self.m.text_encoder(tok.input_ids.to(self.device))[0]
+        return components.encode_text(self.m, prompt, self.device)
 
     def _image_embedding(self, image: torch.Tensor) -> torch.Tensor:
         """CLIP image embedding of a [-1, 1] 1×3×H×W image: center square, resized to the encoder's input."""

@@ -120,3 +120,11 @@ def load(cfg: Any, classes: dict[str, type], device: str) -> SimpleNamespace:
         return SimpleNamespace(**parts, folder=folder)
 
     return cached(cache_key("components", cfg, sorted(classes), device), factory)
+
+
+@torch.no_grad()
+def encode_text(m: SimpleNamespace, prompt: str, device: str) -> torch.Tensor:
+    """CLIP text-encoder hidden states of `prompt`, padded to the tokenizer's length (as diffusers' pipelines do)."""
+    tok = m.tokenizer(prompt, padding="max_length", max_length=m.tokenizer.model_max_length, truncation=True,
+                      return_tensors="pt")
+    return m.text_encoder(tok.input_ids.to(device))[0]

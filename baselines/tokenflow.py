@@ -154,9 +154,7 @@ class TokenFlow(EditMethod):
         self.dtype = components.dtype_for(device)
 
     def _text(self, prompt: str) -> torch.Tensor:
-        tok = self.m.tokenizer(prompt, padding="max_length", max_length=self.m.tokenizer.model_max_length,
-                               truncation=True, return_tensors="pt")
-        return self.m.text_encoder(tok.input_ids.to(self.device))[0]
+        return components.encode_text(self.m, prompt, self.device)
 
     def keyframes(self, num_frames: int, generator: torch.Generator) -> list[int]:
         """One random frame per group of `group_size` consecutive frames."""
