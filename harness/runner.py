@@ -95,21 +95,37 @@ def load_suite(cfg: DictConfig) -> Suite:
     return Suite(video, sets)
 
 
+_CLEAR_REFS, _STATUS = Path("/proc/self/clear_refs"), Path("/proc/self/status")
+
+
 def _peak_memory_reset(device: str) -> None:
+    """Start a new high-water mark: CUDA's peak allocation, or on Linux the process's peak RSS (VmHWM)."""
     if device.startswith("cuda"):
         import torch
 
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+        return
+    try:
+        _CLEAR_REFS.write_text("5")  # "5" resets VmHWM to the current RSS (Linux proc(5))
+    except OSError:
+        pass
 
 
 def _peak_memory_mb(device: str) -> float:
-    """Peak GPU memory of this edit on CUDA; on CPU the process's peak resident memory (a process-wide high mark)."""
+    """Peak memory of this edit: GPU memory allocated on CUDA; on CPU the process's peak resident set since the
+    reset (Linux), else the process's lifetime peak (`ru_maxrss`)."""
     if device.startswith("cuda"):
         import torch
 
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() / 2**20
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -250,7 +266,7 @@ def run(cfg: DictConfig, overrides: list[str] = ()) -> dict[str, Any]:
 
 
 def _process(stage, sid, dataset, method, suite, run_dir, seed, device, old: ScoreRow | None) -> ScoreRow:
-    edit_type = None
+    edit_type, info = None, {}
     try:
         sample = dataset.load(sid)
         edit_type = sample.edit_type
@@ -259,19 +275,43 @@ def _process(stage, sid, dataset, method, suite, run_dir, seed, device, old: Sco
             if nonfinite is not None:
                 nan_scores = {c: math.nan for c in suite.columns if c not in _set_columns(suite)}
                 return ScoreRow(sid, "nan", nan_scores, costs, f"NonFiniteEdit: {nonfinite}", edit_type)
-            frames = out.frames
+            frames, info = out.frames, plain_info(out.info)
             run_dir.save_video(sid, frames, sample.fps)
         else:
-            frames, costs = run_dir.load_video(sid), old.costs
+            frames, costs, info = run_dir.load_video(sid), old.costs, old.info
         scores, feats = score_one(suite, sample, frames)
         if feats:
             run_dir.save_features(sid, feats)
-        return ScoreRow(sid, "ok", scores, costs, None, edit_type)
+        return ScoreRow(sid, "ok", scores, costs, None, edit_type, info)
     except KeyboardInterrupt:
         raise
     except Exception as e:  # one bad sample must not stop the run
         return ScoreRow(sid, "failed", {}, old.costs if (old and stage == "score") else Costs(),
                         f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=6)}", edit_type)
+
+
+def plain_info(info: dict[str, Any]) -> dict[str, Any]:
+    """A method's `EditedVideo.info` as JSON: numbers, strings, bools, and lists/dicts of them; arrays and
+    other objects are left out (they are not what a row is for)."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, (str, bool, int)) or v is None:
+            return v
+        if isinstance(v, float):
+            return v if math.isfinite(v) else None
+        if isinstance(v, np.generic):
+            return plain(v.item())
+        if isinstance(v, (list, tuple)):
+            items = [plain(x) for x in v]
+            return None if any(x is _SKIP for x in items) else items
+        if isinstance(v, dict):
+            return {str(k): p for k, x in v.items() if (p := plain(x)) is not _SKIP}
+        return _SKIP
+
+    return plain(dict(info or {}))
+
+
+_SKIP = object()
 
 
 def _edit_is_tiny(cfg: DictConfig, method: EditMethod) -> bool:

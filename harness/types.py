@@ -89,6 +89,7 @@ class ScoreRow:
     costs: Costs = field(default_factory=Costs)
     error: str | None = None
     edit_type: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)  # what the method reported (prompts, sizes, nfe split)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -105,7 +106,7 @@ class ScoreRow:
             peak_mem_mb=math.nan if c.get("peak_mem_mb") is None else float(c["peak_mem_mb"]),
             nfe=c.get("nfe"),
         )
-        return cls(d["sample_id"], d["status"], scores, costs, d.get("error"), d.get("edit_type"))
+        return cls(d["sample_id"], d["status"], scores, costs, d.get("error"), d.get("edit_type"), d.get("info") or {})
 
 
 def _json_float(v: float) -> float | None:

@@ -33,3 +33,25 @@ class Interrupting(EditMethod):
         if sample.id == Interrupting.interrupt_on:
             raise KeyboardInterrupt
         return EditedVideo(sample.source.copy(), nfe=0)
+
+
+class Reporting(EditMethod):
+    """Returns the source and reports an `info` mixing plain values with an array (which rows leave out);
+    on the samples named in `allocate_on` it first holds `allocate_mb` of touched memory."""
+
+    uses_models = False
+
+    def __init__(self, name: str, allocate_on: list[str] = (), allocate_mb: int = 0, device: str = "cpu"):
+        super().__init__(name, device)
+        self.allocate_on, self.allocate_mb = set(allocate_on), allocate_mb
+
+    def edit(self, sample: EditSample, seed: int) -> EditedVideo:
+        import numpy as np
+
+        if sample.id in self.allocate_on:
+            block = np.ones(self.allocate_mb * 2**20, dtype=np.uint8)  # ones: the pages are touched
+            assert block.sum() == block.size
+            del block
+        info = {"prompt": f"a photo of {sample.id}", "size": [8, 16], "nfe_split": {"inv": 1, "gen": 2},
+                "scale": np.float32(0.5), "latents": np.zeros(3)}
+        return EditedVideo(sample.source.copy(), nfe=3, info=info)

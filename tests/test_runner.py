@@ -129,3 +129,16 @@ def test_oracle_without_ground_truth_fails_clearly(compose, tmp_path, data_dir):
     summary = run.main(compose("metrics=basic", "method=oracle", "dataset=folder", f"dataset.root={root}"))
     assert summary["n_failed"] == 1
     assert "ground-truth" in summary["failures"][sid] and sid in summary["failures"][sid]
+
+
+def test_rows_keep_the_methods_plain_info_and_each_edits_own_peak_memory(compose, tmp_path, sample_track):
+    ids = sample_track.ids()[:3]
+    big = 400
+    run.main(compose("metrics=basic", "method=identity", "dataset.limit=3", "method._target_=tests.fake_methods.Reporting",
+                     "method.name=reporting", f"+method.allocate_on=[{ids[1]}]", f"+method.allocate_mb={big}"))
+    rows = _rows(tmp_path / "results", "reporting")
+    info = rows[ids[0]].info
+    assert info == {"prompt": f"a photo of {ids[0]}", "size": [8, 16], "nfe_split": {"inv": 1, "gen": 2}, "scale": 0.5}
+    peaks = [rows[i].costs.peak_mem_mb for i in ids]
+    # The high-water mark is reset before each edit: only the edit that held the block shows it.
+    assert peaks[1] > peaks[0] + 0.8 * big and peaks[1] > peaks[2] + 0.8 * big
