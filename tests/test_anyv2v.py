@@ -297,3 +297,12 @@ def test_conditioning_matches_diffusers_i2vgenxl_pipeline():
     ref = pipe._encode_image([PIL.Image.fromarray(smooth)], "cpu", 1)
     mine = method._image_embedding(resize.to_working(smooth, 32, 32, "cpu"))
     torch.testing.assert_close(mine, ref, atol=1e-5, rtol=1e-4)
+
+
+def test_config_holds_the_published_defaults(compose):
+    """AnyV2V's paper/code: seed 8888, CFG 9, 50 steps from t≈961, 500 inversion steps, 512×512, 20/20/50% injection."""
+    cfg = compose("method=anyv2v", "models=svd").method
+    assert (cfg.seed, cfg.guidance_scale, cfg.steps, cfg.first_step, cfg.inversion_steps) == (8888, 9.0, 50, 1, 500)
+    assert [list(s) for s in cfg.sizes] == [[512, 512]] and cfg.keep_aspect is False
+    assert dict(cfg.injection_until) == {"conv": 0.2, "spatial": 0.2, "temporal": 0.5}
+    assert "overrides" not in cfg.backbone and len(cfg.backbone.revision) == 40

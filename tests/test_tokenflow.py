@@ -173,3 +173,12 @@ def test_propagation_takes_nearest_tokens_and_blends_by_distance():
     torch.testing.assert_close(prop[1], expected_mid)
     torch.testing.assert_close(prop[0], key_out[0])
     torch.testing.assert_close(prop[2], key_out[1])
+
+
+def test_config_holds_the_published_defaults(compose):
+    """TokenFlow's paper/code: seed 1, CFG 7.5, 50 steps, 500 inversion steps, 512² or 384×672, Q/K 50%, conv 80%."""
+    cfg = compose("method=tokenflow", "models=svd").method
+    assert (cfg.seed, cfg.guidance_scale, cfg.steps, cfg.inversion_steps) == (1, 7.5, 50, 500)
+    assert [list(s) for s in cfg.sizes] == [[512, 512], [384, 672]] and cfg.keep_aspect is False
+    assert dict(cfg.injection_until) == {"attn": 0.5, "conv": 0.8}
+    assert "overrides" not in cfg.backbone and len(cfg.backbone.revision) == 40
