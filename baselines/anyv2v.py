@@ -7,7 +7,8 @@
    injects its decoder conv feature (first 20% of steps), spatial self-attention Q/K (first 20%) and
    temporal-attention Q/K (first 50%) into the edit (`baselines.injection`).
 
-Frames are resized whole to the working size (512×512) and back (`baselines.resize`). Cost: `nfe` counts
+Frames are resized whole to the working size and back (`baselines.resize`): 512×512 as published, or, with
+`keep_aspect`, the same pixel area at the clip's aspect. Cost: `nfe` counts
 UNet forward calls: one per inversion step plus one per sampling step (the source branch and the CFG
 pair share one batched call).
 """
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from baselines import components, ddim, injection, resize
-from baselines.prompts import prompts
+from baselines.prompts import describe, prompts
 from harness.method import EditMethod, NonFiniteEdit
 from harness.types import EditedVideo, EditSample
 
@@ -30,23 +31,23 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 class AnyV2V(EditMethod):
     """AnyV2V with I2VGen-XL; every number below comes from the method config (published defaults there)."""
 
-    def __init__(self, name: str, backbone: Any, captioner: Any, device: str = "cpu", height: int = 512, width: int = 512,
-                 inversion_steps: int = 500, steps: int = 50, first_step: int = 0, guidance_scale: float = 9.0,
+    def __init__(self, name: str, backbone: Any, captioner: Any, device: str = "cpu", sizes: Any = ((512, 512),),
+                 keep_aspect: bool = False, size_multiple: int = 64, inversion_steps: int = 500, steps: int = 50, first_step: int = 0, guidance_scale: float = 9.0,
                  fps: int = 8, negative_prompt: str = "", seed: int | None = 8888, decode_chunk: int = 8,
                  injection_until: Any = None, injection_layers: Any = None):
         super().__init__(name, device)
         from diffusers import AutoencoderKL, DDIMScheduler, I2VGenXLUNet
         from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
-        settings, self.overrides = components.with_overrides(backbone, height=height, width=width, inversion_steps=inversion_steps,
-                                                             steps=steps, first_step=first_step)
-        self.height, self.width = int(settings["height"]), int(settings["width"])
+        settings, self.overrides = components.with_overrides(backbone, sizes=sizes, size_multiple=size_multiple,
+                                                             inversion_steps=inversion_steps, steps=steps, first_step=first_step)
+        self.sizes = resize.candidates(settings["sizes"], name)
+        self.keep_aspect, self.size_multiple = bool(keep_aspect), int(settings["size_multiple"])
         self.inversion_steps, self.steps, self.first_step = int(settings["inversion_steps"]), int(settings["steps"]), int(settings["first_step"])
-        resize.check_multiple(self.height, self.width, 8, name)
         self.guidance_scale, self.fps, self.negative_prompt = float(guidance_scale), int(fps), negative_prompt
         self.seed, self.decode_chunk = seed, int(decode_chunk)
         self.until = dict(injection_until or {"conv": 0.2, "spatial": 0.2, "temporal": 0.5})
-        self.layers = {k: list(v) for k, v in (injection_layers or {}).items()}
+        self.layers = {k: [str(m) for m in v] for k, v in (injection_layers or {}).items()}
         self.captioner_cfg = captioner
         self.m = components.load(backbone, {
             "unet": I2VGenXLUNet, "vae": AutoencoderKL, "text_encoder": CLIPTextModel, "tokenizer": CLIPTokenizer,
@@ -93,8 +94,9 @@ class AnyV2V(EditMethod):
         generator = torch.Generator(self.device).manual_seed(seed)
         source_prompt, target_prompt, prompt_origin = prompts(sample, self.captioner_cfg, self.device)
         T = sample.num_frames
-        src = resize.to_working(sample.source, self.height, self.width, self.device, self.dtype)
-        edited0 = resize.to_working(sample.edited_frame, self.height, self.width, self.device, self.dtype)
+        height, width = resize.working_size(sample.size, self.sizes, self.keep_aspect, self.size_multiple)
+        src = resize.to_working(sample.source, height, width, self.device, self.dtype)
+        edited0 = resize.to_working(sample.edited_frame, height, width, self.device, self.dtype)
         unet, scheduler = self.m.unet, self.m.scheduler
 
         empty, negative, target = self._text(""), self._text(self.negative_prompt), self._text(target_prompt)
@@ -148,7 +150,9 @@ class AnyV2V(EditMethod):
         frames = resize.to_benchmark(video, *sample.size)
         return EditedVideo(frames, nfe=nfe_inv + nfe, info={
             "nfe_inversion": nfe_inv, "nfe_sampling": nfe, "source_prompt": source_prompt, "target_prompt": target_prompt,
-            "prompt_origin": prompt_origin, "working_size": [self.height, self.width], "seed": seed,
-            "tiny_overrides": self.overrides,
+            "prompt_origin": prompt_origin, "captioner": describe(self.captioner_cfg) if prompt_origin == "captioner" else "",
+            "working_size": [height, width], "keep_aspect": self.keep_aspect, "seed": seed,
+            "inversion_steps": self.inversion_steps, "steps": self.steps, "first_step": self.first_step,
+            "guidance_scale": self.guidance_scale, "tiny_overrides": self.overrides,
         })
 

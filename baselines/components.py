@@ -15,6 +15,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 
 from harness.cache import cache_key, cached
 from harness.weights import local_model_dir
@@ -88,13 +89,15 @@ def _build_tiny(kind: str, seed: int) -> Path:
     return folder
 
 
-def with_overrides(backbone: Any, **settings: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A method's settings with the backbone's `overrides` applied (tiny runs: small size, few steps), and the overrides."""
-    overrides = {k: v for k, v in (backbone.get("overrides") or {}).items()}
+def with_overrides(backbone: Any, **settings: Any) -> tuple[dict[str, Any], list[str]]:
+    """A method's settings with the backbone's `overrides` applied (tiny runs: small size, few steps), and the
+    overrides as `key=value` strings (plain, for the edit's JSON `info`)."""
+    raw = backbone.get("overrides") or {}
+    overrides = OmegaConf.to_container(raw) if isinstance(raw, DictConfig) else dict(raw)
     unknown = set(overrides) - set(settings)
     if unknown:
         raise ValueError(f"models overrides {sorted(unknown)} are not settings of this method ({sorted(settings)})")
-    return {**settings, **overrides}, overrides
+    return {**settings, **overrides}, [f"{k}={v}" for k, v in sorted(overrides.items())]
 
 
 def model_folder(cfg: Any, subfolders: list[str]) -> Path:

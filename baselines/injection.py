@@ -3,8 +3,10 @@
 The batch of every UNet call is laid out as `n_branches` equal chunks along dim 0, chunk 0 being the
 source branch (the inverted source latent at this step). While a kind of injection is active, the edit
 chunks take the source chunk's self-attention queries and keys (Tumanyan et al. 2023, "PnP", eq. 4: the
-attention map comes from the source, the values from the edit) or a module's output feature (a ResNet block's
-residual output). Running both branches in one call keeps one UNet forward per step.
+attention map comes from the source, the values from the edit) or a module's output feature. PnP, AnyV2V and
+TokenFlow inject the output of a decoder ResNet block's `conv2`, the residual branch before the skip
+connection is added, so the edit branch keeps its own skip path. Running both branches in one call keeps
+one UNet forward per step.
 
 Everything goes through diffusers' attention-processor interface and PyTorch forward hooks; no library
 class is patched. The diffusers layouts that make "chunk 0 is the source" hold in every layer: spatial
@@ -85,7 +87,11 @@ class QKInjectionProcessor:
 
 
 class FeatureInjection:
-    """Forward hook: a module's output in the edit branches replaced by the source branch's while `kind` is active."""
+    """Forward hook: a module's output in the edit branches replaced by the source branch's while `kind` is active.
+
+    Hooked on a ResNet block's `conv2` (e.g. `up_blocks.1.resnets.1.conv2`), it replaces only the residual
+    branch; the block then adds each branch's own skip connection.
+    """
 
     def __init__(self, state: InjectionState, kind: str = "conv"):
         self.state, self.kind = state, kind
@@ -96,29 +102,30 @@ class FeatureInjection:
         return from_source(output, self.state.n_branches)
 
 
-def self_attentions(unet: torch.nn.Module, prefixes: list[str]) -> list[str]:
-    """Names of the self-attention processors under any of `prefixes` (module paths like `up_blocks.1.attentions.0`)."""
+def self_attention_processors(unet: torch.nn.Module, modules: list[str]) -> list[str]:
+    """Processor names of the named `Attention` modules (full paths such as
+    `up_blocks.1.temp_attentions.1.transformer_blocks.0.attn1`), each checked to be a self-attention."""
     names = []
-    for name, module in unet.named_modules():
-        if isinstance(module, Attention) and not module.is_cross_attention and any(
-            name == p or name.startswith(p + ".") for p in prefixes
-        ):
-            names.append(name + ".processor")
-    missing = [p for p in prefixes if not any(n.startswith(p + ".") for n in names)]
-    if missing:
-        raise ValueError(f"no self-attention under {missing} in {type(unet).__name__}")
+    for name in modules:
+        try:
+            module = unet.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"{type(unet).__name__} has no module {name!r}") from None
+        if not isinstance(module, Attention) or module.is_cross_attention:
+            raise ValueError(f"{name!r} is not a self-attention of {type(unet).__name__}")
+        names.append(name + ".processor")
     return names
 
 
 def install(unet: torch.nn.Module, state: InjectionState, attention: dict[str, list[str]], features: dict[str, list[str]]):
-    """Set Q/K-injection processors (`attention`: kind -> module prefixes) and feature hooks (`features`: kind -> module names).
+    """Set Q/K-injection processors (`attention`: kind -> `Attention` module paths) and feature hooks (`features`: kind -> module paths).
 
     Processors not named keep theirs. Returns `restore()`, which puts the UNet back as it was.
     """
     before = dict(unet.attn_processors)
     procs = dict(before)
-    for kind, prefixes in attention.items():
-        for name in self_attentions(unet, list(prefixes)):
+    for kind, modules in attention.items():
+        for name in self_attention_processors(unet, list(modules)):
             procs[name] = QKInjectionProcessor(state, kind)
     unet.set_attn_processor(procs)
     handles = []

@@ -66,6 +66,13 @@ def captioner(cfg: Any, device: str) -> Captioner:
     return cached(cache_key("captioner", cfg, device), lambda: Captioner(cfg, device))
 
 
+def describe(cfg: Any) -> str:
+    """The captioner a config names, for the edit's record: `repo@revision`, or `tiny random BLIP (seed s)`."""
+    if cfg.get("tiny", False):
+        return f"tiny random BLIP (seed {cfg.seed})"
+    return f"{cfg.repo}@{cfg.get('revision') or 'main'}"
+
+
 def prompts(sample: EditSample, captioner_cfg: Any, device: str) -> tuple[str, str, str]:
     """(source prompt, target prompt, where they came from): the dataset's where present, else captions."""
     src, tgt = sample.source_prompt, sample.target_prompt

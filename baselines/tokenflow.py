@@ -10,7 +10,8 @@
       in the previous and the next keyframe, blended linearly by temporal distance (the paper's eq. 5–6).
 3. Classifier-free guidance on the propagated prediction and a DDIM step for all frames.
 
-Frames are resized whole to the working size and back (`baselines.resize`). Cost: `nfe` counts UNet
+The working size follows the clip's aspect (512×512 for square clips, 384×672 for 16:9, as TokenFlow's
+authors run it); frames are resized whole to it and back (`baselines.resize`). Cost: `nfe` counts UNet
 forward calls: one per inversion step (all frames in one batch) plus two per sampling step (keyframe
 pass, propagation pass; each carries the source branch and the CFG pair in one batch).
 """
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 from baselines import components, ddim, injection, resize
-from baselines.prompts import prompts
+from baselines.prompts import describe, prompts
 from harness.method import EditMethod, NonFiniteEdit
 from harness.types import EditedVideo, EditSample
 
@@ -105,14 +106,16 @@ class TokenFlowAttnProcessor:
 
 
 def install(unet: torch.nn.Module, state: TokenFlowState, inject_attention: list[str], inject_features: list[str]):
-    """TokenFlow processors on every self-attention (Q/K injection where named) and feature-injection hooks.
+    """TokenFlow processors on every self-attention (Q/K injection on the named `Attention` modules) and
+    feature-injection hooks on the named modules (a ResNet block's `conv2`).
 
     Returns `restore()`, which puts the UNet back as it was.
     """
     before = dict(unet.attn_processors)
     procs = dict(before)
-    injected = set(injection.self_attentions(unet, inject_attention)) if inject_attention else set()
-    for name in injection.self_attentions(unet, ["down_blocks", "mid_block", "up_blocks"]):
+    injected = set(injection.self_attention_processors(unet, inject_attention))
+    every = [n + ".processor" for n, m in unet.named_modules() if isinstance(m, Attention) and not m.is_cross_attention]
+    for name in every:
         procs[name] = TokenFlowAttnProcessor(state, inject=name in injected)
     unet.set_attn_processor(procs)
     hook = injection.FeatureInjection(state, "conv")
@@ -129,23 +132,23 @@ def install(unet: torch.nn.Module, state: TokenFlowState, inject_attention: list
 class TokenFlow(EditMethod):
     """TokenFlow on Stable Diffusion 2.1-base; every number comes from the method config (published defaults there)."""
 
-    def __init__(self, name: str, backbone: Any, captioner: Any, device: str = "cpu", height: int = 384, width: int = 672,
-                 inversion_steps: int = 500, steps: int = 50, guidance_scale: float = 7.5, group_size: int = 7,
+    def __init__(self, name: str, backbone: Any, captioner: Any, device: str = "cpu",
+                 sizes: Any = ((512, 512), (384, 672)), keep_aspect: bool = False, size_multiple: int = 64, inversion_steps: int = 500, steps: int = 50, guidance_scale: float = 7.5, group_size: int = 7,
                  negative_prompt: str = "", seed: int | None = 1, decode_chunk: int = 8,
                  injection_until: Any = None, injection_layers: Any = None):
         super().__init__(name, device)
         from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
 
-        settings, self.overrides = components.with_overrides(backbone, height=height, width=width,
+        settings, self.overrides = components.with_overrides(backbone, sizes=sizes, size_multiple=size_multiple,
                                                              inversion_steps=inversion_steps, steps=steps)
-        self.height, self.width = int(settings["height"]), int(settings["width"])
+        self.sizes = resize.candidates(settings["sizes"], name)
+        self.keep_aspect, self.size_multiple = bool(keep_aspect), int(settings["size_multiple"])
         self.inversion_steps, self.steps = int(settings["inversion_steps"]), int(settings["steps"])
-        resize.check_multiple(self.height, self.width, 8, name)
         self.guidance_scale, self.group_size, self.negative_prompt = float(guidance_scale), int(group_size), negative_prompt
         self.seed, self.decode_chunk = seed, int(decode_chunk)
         self.until = dict(injection_until or {"attn": 0.5, "conv": 0.8})
-        self.layers = {k: list(v) for k, v in (injection_layers or {}).items()}
+        self.layers = {k: [str(m) for m in v] for k, v in (injection_layers or {}).items()}
         self.captioner_cfg = captioner
         self.m = components.load(backbone, {
             "unet": UNet2DConditionModel, "vae": AutoencoderKL, "text_encoder": CLIPTextModel,
@@ -170,7 +173,8 @@ class TokenFlow(EditMethod):
         if T % self.group_size:
             raise ValueError(f"{self.name}: group_size={self.group_size} must divide the frame count {T} of {sample.id}")
         unet, scheduler, vae = self.m.unet, self.m.scheduler, self.m.vae
-        frames = resize.to_working(sample.source, self.height, self.width, self.device, self.dtype)
+        height, width = resize.working_size(sample.size, self.sizes, self.keep_aspect, self.size_multiple)
+        frames = resize.to_working(sample.source, height, width, self.device, self.dtype)
         x0 = torch.cat([vae.encode(frames[i:i + self.decode_chunk]).latent_dist.mode()
                         for i in range(0, T, self.decode_chunk)]).contiguous() * vae.config.scaling_factor
         empty, negative, target = self._text(""), self._text(self.negative_prompt), self._text(target_prompt)
@@ -213,6 +217,10 @@ class TokenFlow(EditMethod):
         lat = x / vae.config.scaling_factor
         video = torch.cat([vae.decode(lat[i:i + self.decode_chunk]).sample for i in range(0, T, self.decode_chunk)])
         return EditedVideo(resize.to_benchmark(video, *sample.size), nfe=nfe_inv + nfe, info={
-            "nfe_inversion": nfe_inv, "nfe_sampling": nfe, "target_prompt": target_prompt, "prompt_origin": prompt_origin,
-            "working_size": [self.height, self.width], "seed": seed, "tiny_overrides": self.overrides,
+            "nfe_inversion": nfe_inv, "nfe_sampling": nfe, "target_prompt": target_prompt,
+            "inversion_prompt": "", "prompt_origin": prompt_origin,
+            "captioner": describe(self.captioner_cfg) if prompt_origin == "captioner" else "",
+            "working_size": [height, width], "keep_aspect": self.keep_aspect, "seed": seed,
+            "inversion_steps": self.inversion_steps, "steps": self.steps, "guidance_scale": self.guidance_scale,
+            "group_size": self.group_size, "tiny_overrides": self.overrides,
         })

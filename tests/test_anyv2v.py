@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -11,7 +12,6 @@ from omegaconf import OmegaConf
 import run
 from baselines import components, ddim, injection, resize
 from harness.results import RunDir
-
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -55,14 +55,53 @@ def test_runs_end_to_end_on_the_sample_track(compose, tmp_path):
     assert np.abs(out.astype(float) - src).mean() > 5  # not the identity
 
 
+def _plain_json(value) -> bool:
+    """Only str/int/float/bool and lists of them: what a row.json can hold as is."""
+    if isinstance(value, list):
+        return all(_plain_json(v) for v in value)
+    return isinstance(value, (str, int, float, bool))
+
+
 def test_injection_changes_the_edit(sample_track):
     full = sample_track.load(sample_track.ids()[0])
     sample = dataclasses.replace(full, source=full.source[:5])  # AnyV2V takes any frame count; fewer is faster
-    with_inj = _method().edit(sample, 0).frames
+    edit = _method().edit(sample, 0)
+    with_inj = edit.frames
     without = _method(injection_until={"conv": 0, "spatial": 0, "temporal": 0}).edit(sample, 0).frames
     assert with_inj.shape == without.shape == sample.source.shape
     assert np.abs(with_inj.astype(float) - without).mean() > 0.5
     np.testing.assert_array_equal(_method().edit(sample, 123).frames, with_inj)  # the published seed, whatever the run's
+    info = edit.info
+    assert all(_plain_json(v) for v in info.values()), info
+    assert json.loads(json.dumps(info)) == info
+    assert info["working_size"] == [64, 64]  # the tiny stand-in for the published 512×512, whatever the clip's aspect
+    assert (info["source_prompt"], info["target_prompt"], info["prompt_origin"]) == (sample.source_prompt, sample.target_prompt, "dataset")
+    assert info["nfe_inversion"] + info["nfe_sampling"] == edit.nfe and info["seed"] == 8888
+
+
+def test_keep_aspect_runs_at_the_clip_aspect_and_maps_back(sample_track):
+    full = sample_track.load(sample_track.ids()[0])
+    sample = dataclasses.replace(full, source=full.source[:3], source_prompt=None, target_prompt=None)
+    assert sample.size == (256, 448)  # wide (7:4), like HD-VILA's 16:9 clips
+    edit = _method(keep_aspect=True).edit(sample, 0)
+    assert edit.info["working_size"] == [48, 80]  # 64² pixels at 7:4, sides multiples of 16 (tiny overrides)
+    assert edit.frames.shape == sample.source.shape
+    assert edit.info["prompt_origin"] == "captioner" and edit.info["captioner"] == "tiny random BLIP (seed 0)"
+    assert json.loads(json.dumps(edit.info)) == edit.info
+
+
+def test_working_size_follows_the_clip_aspect():
+    tokenflow = [[512, 512], [384, 672]]
+    assert resize.working_size((512, 512), tokenflow) == (512, 512)  # MagicBrush: square
+    assert resize.working_size((720, 1280), tokenflow) == (384, 672)  # HD-VILA: 16:9
+    assert resize.working_size((500, 520), tokenflow) == (512, 512)
+    assert resize.working_size((720, 1280), [[512, 512]]) == (512, 512)  # AnyV2V as published: fixed
+    assert resize.working_size((720, 1280), [[512, 512]], keep_aspect=True, multiple=64) == (384, 704)
+    assert resize.working_size((512, 512), [[512, 512]], keep_aspect=True, multiple=64) == (512, 512)
+    h, w = resize.working_size((1080, 1440), [[512, 512]], keep_aspect=True, multiple=8)  # 4:3
+    assert h % 8 == 0 and w % 8 == 0 and abs(w / h - 4 / 3) < 0.02 and abs(h * w / 512**2 - 1) < 0.03
+    with pytest.raises(ValueError, match="multiple of 8"):
+        resize.candidates([[500, 512]], "anyv2v")
 
 
 def test_non_finite_latents_raise_with_their_cost(sample_track):
@@ -90,9 +129,12 @@ def _unet_inputs(unet, batch: int, frames: int = 3, seed: int = 0):
 
 
 LAYERS = {
-    "spatial": ["up_blocks.1.attentions.1", "up_blocks.2.attentions.0", "up_blocks.3.attentions.2"],
-    "temporal": ["up_blocks.1.temp_attentions.1", "up_blocks.3.temp_attentions.0"],
+    "spatial": ["up_blocks.1.attentions.1.transformer_blocks.0.attn1", "up_blocks.2.attentions.0.transformer_blocks.0.attn1",
+                "up_blocks.3.attentions.2.transformer_blocks.0.attn1"],
+    "temporal": ["up_blocks.1.temp_attentions.1.transformer_blocks.0.attn1",
+                 "up_blocks.3.temp_attentions.0.transformer_blocks.0.attn1"],
 }
+CONV = "up_blocks.1.resnets.1.conv2"
 
 
 @torch.no_grad()
@@ -103,7 +145,7 @@ def test_injection_from_an_identical_source_branch_equals_plain_attention():
     one = _unet_inputs(unet, 1)
     plain = unet(**one).sample
     state = injection.InjectionState(n_branches=2, active={"conv", "spatial", "temporal"})
-    restore = injection.install(unet, state, LAYERS, {"conv": ["up_blocks.1.resnets.1"]})
+    restore = injection.install(unet, state, LAYERS, {"conv": [CONV]})
     try:
         both = {k: torch.cat([v, v]) if v.ndim else v for k, v in one.items()}
         injected = unet(**both).sample
@@ -119,6 +161,61 @@ def test_injection_from_an_identical_source_branch_equals_plain_attention():
     assert (changed - plain).abs().max() > 1e-3
     torch.testing.assert_close(unchanged, plain, atol=1e-5, rtol=1e-4)
     assert all(type(p).__name__ != "QKInjectionProcessor" for p in unet.attn_processors.values())
+
+
+@torch.no_grad()
+def test_conv_injection_replaces_only_the_residual_branch():
+    """Hooked on `conv2`, the edit branch's ResNet output is its own skip path plus the source's residual branch."""
+    from diffusers import I2VGenXLUNet
+
+    unet = components.load(TINY, {"unet": I2VGenXLUNet}, "cpu").unet
+    block = unet.get_submodule(CONV.rsplit(".", 1)[0])
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, block.in_channels, 8, 8, generator=g)  # chunk 0: source, chunk 1: edit
+    temb = torch.randn(2, block.time_emb_proj.in_features, generator=g)
+    plain = block(x, temb)
+    state = injection.InjectionState(n_branches=2, active={"conv"})
+    restore = injection.install(unet, state, {}, {"conv": [CONV]})
+    try:
+        injected = block(x, temb)
+    finally:
+        restore()
+    assert not block.conv2._forward_hooks and not block._forward_hooks  # restored
+
+    def residual(out, inp):  # the conv2 output inside the block
+        return out * block.output_scale_factor - block.conv_shortcut(inp)
+
+    torch.testing.assert_close(injected[:1], plain[:1])
+    torch.testing.assert_close(residual(injected[1:], x[1:]), residual(plain[:1], x[:1]), atol=1e-5, rtol=1e-4)
+    assert (injected[1:] - plain[:1]).abs().max() > 1e-2  # the edit keeps its own skip path: not the source's output
+    assert (injected[1:] - plain[1:]).abs().max() > 1e-2  # and injection changed it
+
+
+@torch.no_grad()
+def test_configured_layers_inject_only_attn1_of_temporal_and_spatial_blocks():
+    """AnyV2V's config injects attn1 of 8 spatial and 8 temporal decoder blocks; the temporal blocks' attn2
+    (also a self-attention in I2VGen-XL) and everything else keep their processors."""
+    method = _method()
+    unet = method.m.unet
+    attention = {k: v for k, v in method.layers.items() if k != "conv"}
+    assert set(attention) == {"spatial", "temporal"} and method.layers["conv"] == [CONV]
+    restore = injection.install(unet, injection.InjectionState(n_branches=2), attention, {"conv": method.layers["conv"]})
+    try:
+        procs = unet.attn_processors
+        hooked = [n for n, m in unet.named_modules() if m._forward_hooks]
+    finally:
+        restore()
+    injected = {n: p.kind for n, p in procs.items() if isinstance(p, injection.QKInjectionProcessor)}
+    kinds = list(injected.values())
+    assert len(injected) == 16 and kinds.count("spatial") == 8 and kinds.count("temporal") == 8
+    assert all(n.startswith("up_blocks.") and n.endswith(".transformer_blocks.0.attn1.processor") for n in injected)
+    assert all(".temp_attentions." in n for n, k in injected.items() if k == "temporal")
+    blocks = {n.rsplit(".transformer_blocks", 1)[0] for n in attention["temporal"]}
+    temp_attn2 = [n for n in procs if n.endswith("attn2.processor") and n.rsplit(".transformer_blocks", 1)[0] in blocks]
+    assert len(temp_attn2) == 8 and not any(n in injected for n in temp_attn2)
+    assert not unet.get_submodule(temp_attn2[0].removesuffix(".processor")).is_cross_attention  # why naming attn1 matters
+    assert hooked == [CONV]
+    assert not any(isinstance(p, injection.QKInjectionProcessor) for p in unet.attn_processors.values())
 
 
 def test_ddim_inversion_is_exact_for_a_constant_noise_prediction():
@@ -200,3 +297,12 @@ def test_conditioning_matches_diffusers_i2vgenxl_pipeline():
     ref = pipe._encode_image([PIL.Image.fromarray(smooth)], "cpu", 1)
     mine = method._image_embedding(resize.to_working(smooth, 32, 32, "cpu"))
     torch.testing.assert_close(mine, ref, atol=1e-5, rtol=1e-4)
+
+
+def test_config_holds_the_published_defaults(compose):
+    """AnyV2V's paper/code: seed 8888, CFG 9, 50 steps from t≈961, 500 inversion steps, 512×512, 20/20/50% injection."""
+    cfg = compose("method=anyv2v", "models=svd").method
+    assert (cfg.seed, cfg.guidance_scale, cfg.steps, cfg.first_step, cfg.inversion_steps) == (8888, 9.0, 50, 1, 500)
+    assert [list(s) for s in cfg.sizes] == [[512, 512]] and cfg.keep_aspect is False
+    assert dict(cfg.injection_until) == {"conv": 0.2, "spatial": 0.2, "temporal": 0.5}
+    assert "overrides" not in cfg.backbone and len(cfg.backbone.revision) == 40

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -15,7 +16,9 @@ from baselines.tokenflow import TokenFlowAttnProcessor, TokenFlowState, install,
 from harness.results import RunDir
 
 TINY = OmegaConf.create({"kind": "sd21", "repo": "stabilityai/stable-diffusion-2-1-base", "tiny": True, "seed": 0})
-ATTN = ["up_blocks.1.attentions.1", "up_blocks.2.attentions.0", "up_blocks.3.attentions.2"]
+ATTN = ["up_blocks.1.attentions.1.transformer_blocks.0.attn1", "up_blocks.2.attentions.0.transformer_blocks.0.attn1",
+        "up_blocks.3.attentions.2.transformer_blocks.0.attn1"]
+CONV = "up_blocks.1.resnets.1.conv2"
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -50,7 +53,7 @@ def test_group_size_must_divide_the_frame_count(compose, tmp_path):
     assert row.status == "failed" and "group_size=5 must divide the frame count 14" in row.error
 
 
-def test_injection_changes_the_edit(sample_track):
+def _method(**kw):
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
@@ -58,11 +61,51 @@ def test_injection_changes_the_edit(sample_track):
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=["method=tokenflow", "models=tiny", "device=cpu", "method.group_size=2"])
+    return instantiate(cfg.method, **kw)
+
+
+def test_injection_changes_the_edit(sample_track):
     full = sample_track.load(sample_track.ids()[0])
     sample = dataclasses.replace(full, source=full.source[:4])
-    with_inj = instantiate(cfg.method).edit(sample, 0).frames
-    without = instantiate(cfg.method, injection_until={"attn": 0, "conv": 0}).edit(sample, 0).frames
-    assert np.abs(with_inj.astype(float) - without).mean() > 0.5
+    edit = _method().edit(sample, 0)
+    without = _method(injection_until={"attn": 0, "conv": 0}).edit(sample, 0).frames
+    assert np.abs(edit.frames.astype(float) - without).mean() > 0.5
+    info = edit.info
+    assert json.loads(json.dumps(info)) == info
+    assert all(isinstance(v, (str, int, float, bool, list)) for v in info.values()), info
+    assert info["working_size"] == [48, 80]  # the wide tiny size (TokenFlow's 384×672) for this 7:4 clip
+    assert (info["target_prompt"], info["prompt_origin"], info["seed"]) == (sample.target_prompt, "dataset", 1)
+    assert info["nfe_inversion"] + info["nfe_sampling"] == edit.nfe
+
+
+def test_square_clips_run_square(sample_track):
+    full = sample_track.load(sample_track.ids()[0])
+    sample = dataclasses.replace(full, source=full.source[:2, :, :256], edited_frame=full.edited_frame[:, :256],
+                                 mask=None if full.mask is None else full.mask[:, :256])
+    edit = _method().edit(sample, 0)
+    assert edit.info["working_size"] == [64, 64]  # the square tiny size (TokenFlow's 512×512), not stretched wide
+    assert edit.frames.shape == sample.source.shape
+
+
+def test_configured_layers_and_processors():
+    """Extended attention on every self-attention; Q/K injection on the 8 decoder attn1 of PnP; one conv2 hook."""
+    method = _method()
+    unet = method.m.unet
+    state = TokenFlowState(n_branches=3)
+    restore = install(unet, state, method.layers["attn"], method.layers["conv"])
+    try:
+        procs = unet.attn_processors
+        hooked = [n for n, m in unet.named_modules() if m._forward_hooks]
+    finally:
+        restore()
+    ours = {n: p for n, p in procs.items() if isinstance(p, TokenFlowAttnProcessor)}
+    self_attn = [n for n, m in unet.named_modules() if isinstance(m, Attention) and not m.is_cross_attention]
+    assert sorted(ours) == sorted(n + ".processor" for n in self_attn) and len(ours) == 16
+    injected = sorted(n for n, p in ours.items() if p.inject)
+    assert injected == sorted(n + ".processor" for n in method.layers["attn"]) and len(injected) == 8
+    assert all(n.startswith("up_blocks.") and n.endswith(".attn1.processor") for n in injected)
+    assert hooked == [CONV]
+    assert not any(isinstance(p, TokenFlowAttnProcessor) for p in unet.attn_processors.values())
 
 
 def _inputs(unet, frames: int, seed: int = 0):
@@ -79,7 +122,7 @@ def test_keyframe_pass_with_an_identical_source_branch_equals_plain_attention():
     x, text = _inputs(unet, 1)
     plain = unet(x, 300, encoder_hidden_states=text).sample
     state = TokenFlowState(n_branches=2, active={"attn", "conv"}, mode="keyframes", keyframes=[0, 1])
-    restore = install(unet, state, ATTN, ["up_blocks.1.resnets.1"])
+    restore = install(unet, state, ATTN, [CONV])
     try:
         out = unet(x.repeat(4, 1, 1, 1), 300, encoder_hidden_states=text.repeat(4, 1, 1)).sample  # 2 branches × 2 keyframes
         y, text_y = _inputs(unet, 1, seed=1)  # a different source branch: the edit branch must change
@@ -130,3 +173,12 @@ def test_propagation_takes_nearest_tokens_and_blends_by_distance():
     torch.testing.assert_close(prop[1], expected_mid)
     torch.testing.assert_close(prop[0], key_out[0])
     torch.testing.assert_close(prop[2], key_out[1])
+
+
+def test_config_holds_the_published_defaults(compose):
+    """TokenFlow's paper/code: seed 1, CFG 7.5, 50 steps, 500 inversion steps, 512² or 384×672, Q/K 50%, conv 80%."""
+    cfg = compose("method=tokenflow", "models=svd").method
+    assert (cfg.seed, cfg.guidance_scale, cfg.steps, cfg.inversion_steps) == (1, 7.5, 50, 500)
+    assert [list(s) for s in cfg.sizes] == [[512, 512], [384, 672]] and cfg.keep_aspect is False
+    assert dict(cfg.injection_until) == {"attn": 0.5, "conv": 0.8}
+    assert "overrides" not in cfg.backbone and len(cfg.backbone.revision) == 40
