@@ -13,7 +13,9 @@ reads a manifest of clips already on disk (CSV or JSON Lines, paths relative to 
 
 `stage=build` cuts each clip to its span, keeps 14 frames, center-crops to 16:9 and resizes to `size`, applies
 the same crop and resize to the edited frame and mask when they have the raw video's size (an edited frame
-already at 16:9 is only resized), and writes the common layout into `data_dir/hdvila_expert`.
+already at 16:9 is only resized), and writes the common layout into `data_dir/hdvila_expert`. A bad clip
+(missing, unreadable or truncated video, too few frames, non-RGB edit, mask of the wrong size or empty) is
+logged naming the clip and the file and skipped; the build's summary counts it.
 """
 from __future__ import annotations
 

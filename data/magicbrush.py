@@ -33,7 +33,7 @@ def _column_name(row: dict, kind: str) -> str:
     for name in COLUMNS[kind]:
         if name in row and row[name] is not None:
             return name
-    raise KeyError(f"MagicBrush row has no value in the columns {COLUMNS[kind]} (has {sorted(row)})")
+    raise KeyError(f"no {kind} image: the columns {' and '.join(dict.fromkeys(COLUMNS[kind]))} are empty or absent")
 
 
 def _column(row: dict, kind: str) -> Any:
@@ -156,6 +156,8 @@ class MagicBrush(FolderDataset):
             source = _rgb(src_img, size)
             target = _rgb(_column(row, "target"), size)
             mask = binary_mask(_column(row, "mask"), size, source, target)
+        except KeyError as e:  # from `_column_name`: its message says which columns are empty
+            raise SampleError(sid, where, e.args[0]) from e
         except Exception as e:  # image decoders and `datasets` raise many types for a damaged row
             raise SampleError(sid, where, f"cannot read the row ({type(e).__name__}: {e})") from e
         if not mask.any():

@@ -69,10 +69,10 @@ def decode_video(path: str | os.PathLike, start: float | None = None, end: float
         rate = stream.average_rate or stream.guessed_rate
         declared = declared_frames(container, stream)
         t0 = stream.start_time or 0
-        if start:
-            container.seek(int(start / stream.time_base) + t0, stream=stream, any_frame=False, backward=True)
         frames, n_seen, first_t, error, to_eof = [], 0, None, None, True
         try:
+            if start:
+                container.seek(int(start / stream.time_base) + t0, stream=stream, any_frame=False, backward=True)
             for frame in container.decode(stream):
                 t = float((frame.pts - t0) * stream.time_base) if frame.pts is not None else None
                 if first_t is None:
@@ -91,7 +91,7 @@ def decode_video(path: str | os.PathLike, start: float | None = None, end: float
         # frames from the file's start to where decoding stopped (after a seek: those before it estimated from time)
         reached = n_seen + (round(first_t * float(rate)) if start and first_t and rate else 0)
         if reached < count - (0 if exact else 1):
-            why = f" ({type(error).__name__}: {error})" if error else ""
+            why = f" (decoding stopped on {type(error).__name__}: {error})" if error else ""
             raise MediaError(path, f"truncated: decoded {reached} of {count} frames{why}")
     if error is not None:
         raise MediaError(path, f"cannot decode video ({type(error).__name__}: {error})") from error
@@ -118,8 +118,11 @@ def declared_frames(container: av.container.InputContainer, stream: av.video.str
     if stream.duration:
         seconds = float(stream.duration * stream.time_base)
     elif stream.metadata.get("DURATION"):
-        h, m, s = stream.metadata["DURATION"].split(":")
-        seconds = int(h) * 3600 + int(m) * 60 + float(s)
+        try:  # "HH:MM:SS.fraction"
+            h, m, s = stream.metadata["DURATION"].split(":")
+            seconds = int(h) * 3600 + int(m) * 60 + float(s)
+        except ValueError:
+            seconds = None
     elif container.duration and len(container.streams) == 1:
         seconds = container.duration / av.time_base
     count = round(seconds * float(rate)) if seconds else 0
