@@ -34,9 +34,9 @@ def main(cfg: DictConfig, overrides: list[str] = ()) -> dict | None:
 
         return write_report(cfg.results_dir, cfg.get("report"))
     if cfg.stage == "build":
-        instantiate_cached(cfg.dataset).build(cfg.data_dir)
+        summary = instantiate_cached(cfg.dataset).build(cfg.data_dir)
         log.info("built dataset %s into %s", cfg.dataset.name, cfg.data_dir)
-        return None
+        return summary
     raise ValueError(f"stage must be edit, score, report or build; got {cfg.stage!r}")
 
 

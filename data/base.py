@@ -26,5 +26,8 @@ class EditDataset(abc.ABC):
         ids = self.all_ids()[: self.limit] if self.limit else self.all_ids()
         return ids[self.shard :: self.num_shards]
 
-    def build(self, data_dir: str | Path) -> None:
-        """Prepare the dataset into `data_dir` (`stage=build`); datasets read from disk need nothing."""
+    def build(self, data_dir: str | Path) -> dict | None:
+        """Prepare the dataset into `data_dir` (`stage=build`); datasets read from disk need nothing.
+
+        Builders return a summary: `n_built`, `n_skipped` (already built), `n_failed` and `failed` (id -> error).
+        """

@@ -61,7 +61,7 @@ class FolderDataset(EditDataset):
         try:
             return self._load(sample_id, d)
         except MediaError as e:
-            raise SampleError(sample_id, str(e).split(": ", 1)[0], str(e).split(": ", 1)[-1]) from e
+            raise SampleError(sample_id, e.path, e.problem) from e
 
     def _load(self, sid: str, d: Path) -> EditSample:
         src_path = _find(d, "source", VIDEO_SUFFIXES, folder_ok=True)
@@ -120,9 +120,15 @@ class FolderDataset(EditDataset):
             truth.video = read_video(vid)
             if truth.video.shape != source.shape:
                 raise SampleError(sid, vid, f"ground-truth video {truth.video.shape} differs from the source {source.shape}")
-        if (d / "masks.npz").is_file():
-            truth.masks = np.load(d / "masks.npz")["masks"].astype(bool)
-        if (d / "flow.npz").is_file():
-            with np.load(d / "flow.npz") as z:
-                truth.flow, truth.flow_valid = z["flow"].astype(np.float32), z["valid"].astype(bool)
+        for name, keys in (("masks.npz", ("masks",)), ("flow.npz", ("flow", "valid"))):
+            if (d / name).is_file():
+                try:
+                    with np.load(d / name) as z:
+                        arrays = [z[k] for k in keys]
+                except Exception as e:  # np.load raises many types for a damaged or incomplete file
+                    raise SampleError(sid, d / name, f"cannot read the arrays {keys} ({type(e).__name__}: {e})") from e
+                if name == "masks.npz":
+                    truth.masks = arrays[0].astype(bool)
+                else:
+                    truth.flow, truth.flow_valid = arrays[0].astype(np.float32), arrays[1].astype(bool)
         return truth

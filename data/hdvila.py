@@ -13,7 +13,9 @@ reads a manifest of clips already on disk (CSV or JSON Lines, paths relative to 
 
 `stage=build` cuts each clip to its span, keeps 14 frames, center-crops to 16:9 and resizes to `size`, applies
 the same crop and resize to the edited frame and mask when they have the raw video's size (an edited frame
-already at 16:9 is only resized), and writes the common layout into `data_dir/hdvila_expert`.
+already at 16:9 is only resized), and writes the common layout into `data_dir/hdvila_expert`. A bad clip
+(missing, unreadable or truncated video, too few frames, non-RGB edit, mask of the wrong size or empty) is
+logged naming the clip and the file and skipped; the build's summary counts it.
 """
 from __future__ import annotations
 
@@ -22,14 +24,13 @@ import json
 import logging
 from pathlib import Path
 
-import av
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 
 from data.folder import FolderDataset, resample_frames
-from data.video_io import read_image, write_image, write_video_lossless
+from data.video_io import MediaError, decode_video, read_image, write_image, write_video_lossless
 from harness.files import write_json
 from harness.types import SampleError
 
@@ -52,26 +53,6 @@ def read_manifest(path: str | Path) -> list[dict]:
             if not r.get(key):
                 raise ValueError(f"{path}: row {i + 1} has no {key!r}")
     return rows
-
-
-def decode_span(path: Path, start: float | None, end: float | None) -> tuple[np.ndarray, float]:
-    """Frames (uint8 T×H×W×3) whose timestamps fall in [start, end], and the stream's frame rate."""
-    frames = []
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        fps = float(stream.average_rate or 30)
-        if start:
-            container.seek(int(start / stream.time_base), stream=stream, any_frame=False, backward=True)
-        for frame in container.decode(stream):
-            t = float(frame.pts * stream.time_base) if frame.pts is not None else None
-            if start is not None and t is not None and t < start - 1e-6:
-                continue
-            if end is not None and t is not None and t > end + 1e-6:
-                break
-            frames.append(frame.to_ndarray(format="rgb24"))
-    if not frames:
-        raise ValueError(f"no frames in span [{start}, {end}]")
-    return np.stack(frames), fps
 
 
 def center_crop_box(h: int, w: int, aspect: float = ASPECT) -> tuple[int, int, int, int]:
@@ -102,37 +83,43 @@ class HDVILAExpert(FolderDataset):
         super().__init__(Path(data_dir) / name, name=name, **kw)
         self.manifest, self.size, self.fps = manifest, tuple(size), fps
 
-    def build(self, data_dir: str | Path) -> None:
+    def build(self, data_dir: str | Path) -> dict:
+        """Build every clip of the manifest not built yet; a bad clip is logged (sample and file named) and skipped."""
         if not self.manifest:
             raise ValueError("dataset=hdvila_expert needs dataset.manifest=FILE (see data/hdvila.py or the README)")
         rows = read_manifest(self.manifest)
         base = Path(self.manifest).parent
         out_root = Path(data_dir) / self.name
-        failed = 0
+        built, skipped, failed = 0, 0, {}
         for row in rows:
             if (out_root / row["clip_id"] / "meta.json").exists():
+                skipped += 1
                 continue
             try:
                 self._build_one(row, base, out_root)
+                built += 1
             except SampleError as e:
-                failed += 1
+                failed[row["clip_id"]] = str(e)
                 log.error("%s", e)
         mix = edit_type_mix(out_root)
-        log.info("built %s: %d clips, %d failed; edit types (%%):\n%s", out_root, len(rows) - failed, failed, mix.to_string())
+        log.info("built %s: %d new, %d already there, %d failed; edit types (%%):\n%s",
+                 out_root, built, skipped, len(failed), mix.to_string())
+        return {"dataset": self.name, "n_built": built, "n_skipped": skipped, "n_failed": len(failed), "failed": failed}
 
     def _build_one(self, row: dict, base: Path, out_root: Path) -> None:
         sid = row["clip_id"]
+        try:
+            start, end = _float(row.get("start")), _float(row.get("end"))
+            idx = [int(i) for i in str(row["frames"]).replace(",", " ").split()] if row.get("frames") else None
+        except ValueError as e:
+            raise SampleError(sid, self.manifest, f"bad start/end/frames in the manifest ({e})") from e
         video_path = (base / row["video"]).resolve()
         if not video_path.is_file():
             raise SampleError(sid, video_path, f"missing video file (download it first; url: {row.get('url') or '?'})")
-        try:
-            raw, _ = decode_span(video_path, _float(row.get("start")), _float(row.get("end")))
-        except Exception as e:
-            raise SampleError(sid, video_path, f"cannot decode ({type(e).__name__}: {e})") from e
-        if row.get("frames"):
-            idx = [int(i) for i in str(row["frames"]).replace(",", " ").split()]
-            if len(idx) != self.num_frames or max(idx) >= len(raw):
-                raise SampleError(sid, video_path, f"frames {idx} must be {self.num_frames} indices below {len(raw)}")
+        raw, _ = _media(sid, video_path, decode_video, start, end)
+        if idx is not None:
+            if len(idx) != self.num_frames or min(idx) < 0 or max(idx) >= len(raw):
+                raise SampleError(sid, video_path, f"frames {idx} must be {self.num_frames} indices in [0, {len(raw)})")
             raw = raw[idx]
         elif len(raw) < self.num_frames:
             raise SampleError(sid, video_path, f"span has {len(raw)} frames, needs at least {self.num_frames}")
@@ -151,26 +138,36 @@ class HDVILAExpert(FolderDataset):
             raise SampleError(sid, path, f"is {ih}×{iw}: neither the video's {h}×{w} nor 16:9")
 
         edited_path = (base / row["edited"]).resolve()
-        try:
-            edited = fit(edited_path, read_image(edited_path), False)
-            mask = None
-            if row.get("mask"):
-                mask_path = (base / row["mask"]).resolve()
-                mask = fit(mask_path, read_image(mask_path, allow_gray=True)[..., None], True)[..., 0] > 127
-        except ValueError as e:
-            raise SampleError(sid, edited_path, str(e)) from e
+        edited = fit(edited_path, _media(sid, edited_path, read_image), False)
+        mask = None
+        if row.get("mask"):
+            mask_path = (base / row["mask"]).resolve()
+            raw_mask = _media(sid, mask_path, read_image, allow_gray=True) > 127
+            if not raw_mask.any():
+                raise SampleError(sid, mask_path, "mask is empty (no pixel above 127)")
+            mask = fit(mask_path, raw_mask[..., None].astype(np.uint8) * 255, True)[..., 0] > 127
+            if not mask.any():
+                raise SampleError(sid, mask_path, "mask is empty after the 16:9 center crop (the region lies outside it)")
         d = out_root / sid
         write_video_lossless(d / "source.mkv", video, self.fps)
         write_image(d / "edited.png", edited)
         if mask is not None:
             write_image(d / "mask.png", mask.astype(np.uint8) * 255)
-        write_json(d / "meta.json", {
+        write_json(d / "meta.json", {  # written last: marks the clip complete
             "instruction": row["instruction"], "edit_type": row.get("edit_type") or None,
             "source_prompt": row.get("source_prompt") or None, "target_prompt": row.get("target_prompt") or None,
             "fps": self.fps,
             "provenance": {"manifest": str(self.manifest), "video": str(video_path), "url": row.get("url"),
-                           "start": _float(row.get("start")), "end": _float(row.get("end")), "crop_box": list(box)},
+                           "start": start, "end": end, "frames": idx, "crop_box": list(box)},
         })
+
+
+def _media(sid: str, path: Path, read, *args, **kw):
+    """`read(path, ...)`, with a media error turned into this sample's error naming that file."""
+    try:
+        return read(path, *args, **kw)
+    except MediaError as e:
+        raise SampleError(sid, e.path, e.problem) from e
 
 
 def _float(v) -> float | None:

@@ -18,61 +18,141 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 
 class MediaError(ValueError):
-    """A file that cannot be read as the expected kind of media (the message names the file)."""
+    """A file that cannot be read as the expected kind of media; `path` and `problem` are kept apart for callers."""
+
+    def __init__(self, path: str | os.PathLike, problem: str):
+        self.path, self.problem = str(path), problem
+        super().__init__(f"{path}: {problem}")
 
 
 def read_video(path: str | os.PathLike) -> np.ndarray:
-    """uint8 T×H×W×3 frames of a video file or of a folder of image frames."""
+    """uint8 T×H×W×3 frames of a video file or of a folder of image frames (every frame; truncation is an error)."""
     path = Path(path)
     if not path.exists():
-        raise MediaError(f"{path}: no such file or folder")
+        raise MediaError(path, "no such file or folder")
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
-            raise MediaError(f"{path}: folder holds no image frames ({', '.join(IMAGE_SUFFIXES)})")
+            raise MediaError(path, f"folder holds no image frames ({', '.join(IMAGE_SUFFIXES)})")
         frames = [read_image(f) for f in files]
         if len({f.shape for f in frames}) != 1:
-            raise MediaError(f"{path}: frames differ in size")
+            raise MediaError(path, "frames differ in size")
         return np.stack(frames)
-    try:
-        if path.suffix.lower() == ".gif":
-            video = iio.imread(path, index=None, mode="RGB")
-        else:
-            with av.open(str(path)) as container:
-                video = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-            video = np.stack(video) if video else np.zeros((0,))
-    except Exception as e:  # decoders raise many types for corrupt files
-        raise MediaError(f"{path}: cannot decode video ({type(e).__name__}: {e})") from e
-    video = np.asarray(video)
+    if path.suffix.lower() == ".gif":
+        try:  # a truncated gif fails inside the decoder
+            video = np.asarray(iio.imread(path, index=None, mode="RGB"))
+        except Exception as e:
+            raise MediaError(path, f"cannot decode video ({type(e).__name__}: {e})") from e
+    else:
+        video, _ = decode_video(path)
     if video.ndim != 4 or video.shape[-1] != 3 or video.shape[0] == 0:
-        raise MediaError(f"{path}: decoded to shape {video.shape}, expected T×H×W×3")
+        raise MediaError(path, f"decoded to shape {video.shape}, expected T×H×W×3")
     return video.astype(np.uint8, copy=False)
+
+
+def decode_video(path: str | os.PathLike, start: float | None = None, end: float | None = None) -> tuple[np.ndarray, float]:
+    """Frames of the first video stream whose times (s, from the stream's start) fall in [start, end], and its rate.
+
+    A decoder error is an error, never a silent end. When decoding reaches the end of the file, the frames up to
+    there are compared with the length the container declares (`declared_frames`): fewer means the file was
+    cut short, reported as "truncated: decoded X of Y frames".
+    """
+    path = Path(path)
+    try:
+        container = av.open(str(path))
+    except Exception as e:
+        raise MediaError(path, f"cannot open as a video, the file is damaged, truncated or not a video ({type(e).__name__}: {e})") from e
+    with container:
+        if not container.streams.video:
+            raise MediaError(path, "holds no video stream")
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate
+        declared = declared_frames(container, stream)
+        t0 = stream.start_time or 0
+        frames, n_seen, first_t, error, to_eof = [], 0, None, None, True
+        try:
+            if start:
+                container.seek(int(start / stream.time_base) + t0, stream=stream, any_frame=False, backward=True)
+            for frame in container.decode(stream):
+                t = float((frame.pts - t0) * stream.time_base) if frame.pts is not None else None
+                if first_t is None:
+                    first_t = t
+                n_seen += 1
+                if start is not None and t is not None and t < start - 1e-6:
+                    continue
+                if end is not None and t is not None and t > end + 1e-6:
+                    to_eof = False
+                    break
+                frames.append(frame.to_ndarray(format="rgb24"))
+        except Exception as e:  # decoders raise many types for corrupt data
+            error = e
+    if to_eof and declared:
+        count, exact = declared
+        # frames from the file's start to where decoding stopped (after a seek: those before it estimated from time)
+        reached = n_seen + (round(first_t * float(rate)) if start and first_t and rate else 0)
+        if reached < count - (0 if exact else 1):
+            why = f" (decoding stopped on {type(error).__name__}: {error})" if error else ""
+            raise MediaError(path, f"truncated: decoded {reached} of {count} frames{why}")
+    if error is not None:
+        raise MediaError(path, f"cannot decode video ({type(error).__name__}: {error})") from error
+    if not frames:
+        span = "" if start is None and end is None else f" in the span [{start}, {end}] s"
+        raise MediaError(path, f"no frames{span}")
+    return np.stack(frames), float(rate or 0.0)
+
+
+def declared_frames(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> tuple[int, bool] | None:
+    """How many frames the file says its video stream has, and whether that count is exact; None when it does not say.
+
+    Exact: the stream's frame count (mp4, mov, avi, gif). Else estimated as duration × average frame rate, the
+    duration taken from the stream, from the per-track DURATION tag (Matroska/WebM), or from the container when
+    the video is its only stream (another stream, e.g. longer audio, would inflate it). An estimate may be one
+    frame high (muxers round the last frame's duration), so callers allow one frame less.
+    """
+    if stream.frames:
+        return int(stream.frames), True
+    rate = stream.average_rate
+    if not rate:
+        return None
+    seconds = None
+    if stream.duration:
+        seconds = float(stream.duration * stream.time_base)
+    elif stream.metadata.get("DURATION"):
+        try:  # "HH:MM:SS.fraction"
+            h, m, s = stream.metadata["DURATION"].split(":")
+            seconds = int(h) * 3600 + int(m) * 60 + float(s)
+        except ValueError:
+            seconds = None
+    elif container.duration and len(container.streams) == 1:
+        seconds = container.duration / av.time_base
+    count = round(seconds * float(rate)) if seconds else 0
+    return (count, False) if count > 0 else None
 
 
 def read_image(path: str | os.PathLike, *, allow_gray: bool = False) -> np.ndarray:
     """uint8 H×W×3 RGB image (or H×W when `allow_gray`). Grayscale or RGBA input is an error for RGB use."""
     path = Path(path)
     if not path.exists():
-        raise MediaError(f"{path}: no such file")
+        raise MediaError(path, "no such file")
     try:
         img = np.asarray(iio.imread(path))
     except Exception as e:
-        raise MediaError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from e
+        raise MediaError(path, f"cannot decode image ({type(e).__name__}: {e})") from e
     if img.dtype == bool:
         img = img.astype(np.uint8) * 255
     if img.dtype != np.uint8:
-        raise MediaError(f"{path}: expected 8-bit pixels, got {img.dtype}")
+        raise MediaError(path, f"expected 8-bit pixels, got {img.dtype}")
     if allow_gray:
         if img.ndim == 2:
             return img
         if img.ndim == 3 and img.shape[-1] in (3, 4):
             return img[..., :3].max(axis=-1)
     if img.ndim == 2 or (img.ndim == 3 and img.shape[-1] == 1):
-        raise MediaError(f"{path}: grayscale image, expected RGB (convert it to RGB)")
+        raise MediaError(path, "grayscale image, expected RGB (convert it to RGB)")
     if img.ndim == 3 and img.shape[-1] == 4:
-        raise MediaError(f"{path}: RGBA image, expected RGB (drop or flatten the alpha channel)")
+        raise MediaError(path, "RGBA image, expected RGB (drop or flatten the alpha channel)")
     if img.ndim != 3 or img.shape[-1] != 3:
-        raise MediaError(f"{path}: image of shape {img.shape}, expected H×W×3")
+        raise MediaError(path, f"image of shape {img.shape}, expected H×W×3")
     return img
 
 
@@ -86,7 +166,7 @@ def write_video_viewable(path: str | os.PathLike, frames: np.ndarray, fps: float
     pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
     if pad_h or pad_w:
         frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-    _atomic(Path(path), lambda tmp: _encode(tmp, "mp4", frames, fps, "libx264", "yuv420p", {"crf": "18", "movflags": "+faststart"}))
+    _atomic(Path(path), lambda tmp: _encode(tmp, "mp4", frames, fps, "libx264", "yuv420p", {"crf": "18"}, {"movflags": "+faststart"}))
 
 
 def write_video_lossless(path: str | os.PathLike, frames: np.ndarray, fps: float = 7.0) -> None:
@@ -94,10 +174,11 @@ def write_video_lossless(path: str | os.PathLike, frames: np.ndarray, fps: float
     _atomic(Path(path), lambda tmp: _encode(tmp, "matroska", _check_frames(frames), fps, "ffv1", "bgr0", {}))
 
 
-def _encode(path: str, fmt: str, frames: np.ndarray, fps: float, codec: str, pix_fmt: str, options: dict) -> None:
+def _encode(path: str, fmt: str, frames: np.ndarray, fps: float, codec: str, pix_fmt: str, options: dict,
+            container_options: dict | None = None) -> None:
     from fractions import Fraction
 
-    with av.open(path, mode="w", format=fmt) as container:
+    with av.open(path, mode="w", format=fmt, options=container_options or {}) as container:
         stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1000))
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], pix_fmt
         stream.options = options
