@@ -81,6 +81,11 @@ class Suite:
     def tiny(self) -> bool:
         return any(m.tiny for m in [*self.video.values(), *self.sets.values()])
 
+    @property
+    def info(self) -> dict[str, str]:
+        """What metrics record about their scores beyond the config (e.g. the I3D weights' sha256), for the summary."""
+        return {k: v for m in [*self.video.values(), *self.sets.values()] for k, v in getattr(m, "info", {}).items()}
+
 
 def load_suite(cfg: DictConfig) -> Suite:
     video, sets = {}, {}
@@ -343,6 +348,7 @@ def summarize(rows, set_scores: dict[str, float], suite: Suite, label: str, data
         "scores": {k: _finite(v) for k, v in means.items()},
         "seconds_per_edit": mean_cost("seconds"), "nfe": mean_cost("nfe"), "peak_mem_mb": mean_cost("peak_mem_mb"),
         "columns": {k: vars(c) for k, c in suite.columns.items()},
+        "metric_info": suite.info,
         "failures": {r.sample_id: (r.error or "").splitlines()[0] for r in rows if r.status == "failed"},
     }
 

@@ -17,10 +17,14 @@ class MissingWeights(RuntimeError):
     pass
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        return False
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+def hub_reachable(url: str | None = None, timeout: float = 3.0) -> bool:
+    """Whether a hub answers within `timeout` s: the Hugging Face hub (HF_ENDPOINT; never with HF_HUB_OFFLINE
+    set), or the host of `url` (e.g. a torchvision weights URL)."""
+    if url is None:
+        if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+            return False
+        url = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    host = urlparse(url).hostname or "huggingface.co"
     try:
         socket.create_connection((host, 443), timeout=timeout).close()
         return True
@@ -52,7 +56,7 @@ def local_model_dir(repo_id: str, revision: str | None = None, root: str | os.Pa
         return Path(snapshot_download(repo_id, revision=revision, local_files_only=True, allow_patterns=allow_patterns))
     except (LocalEntryNotFoundError, FileNotFoundError, OSError):
         pass
-    if not _hub_reachable():
+    if not hub_reachable():
         raise MissingWeights(
             f"{repo_id}@{revision or 'main'}: not in the Hugging Face cache and the hub cannot be reached. "
             "Download it where the hub is reachable and set models.root=DIR (a folder holding "

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from harness.cache import cache_key, cached
 from harness.metric import Column, VideoMetric
 from harness.types import EditSample
-from harness.weights import MissingWeights, _hub_reachable
+from harness.weights import MissingWeights, hub_reachable
 from metrics.regions import TRACKER_COLUMN, SampleCache, blank, regions_for
 from metrics.tensors import batches, model_dtype, resize, to_tensor
 
@@ -35,7 +35,8 @@ TINY_CLIP = {
 def load_clip(model: str = "ViT-L-14", pretrained: str | None = "openai", checkpoint: str | None = None,
               quick_gelu: bool = True, cache_dir: str | None = None, tiny: bool = False, seed: int = 0,
               device: str = "cpu") -> torch.nn.Module:
-    """An open_clip model, once per process. `checkpoint` (a local file) overrides the `pretrained` tag."""
+    """An open_clip model, once per process. `checkpoint` (a local file) overrides the `pretrained` tag.
+    `tiny`: seeded random weights of the architecture `model` ("tiny": a 2-layer CLIP for smoke tests)."""
     key = cache_key("clip", model, pretrained, checkpoint, quick_gelu, cache_dir, tiny, seed, device)
     return cached(key, lambda: _build_clip(model, pretrained, checkpoint, quick_gelu, cache_dir, tiny, seed, device))
 
@@ -45,12 +46,15 @@ def _build_clip(model, pretrained, checkpoint, quick_gelu, cache_dir, tiny, seed
 
     if tiny:
         torch.manual_seed(seed)
-        net = open_clip.model.CLIP(**TINY_CLIP)
-        net.visual.image_mean, net.visual.image_std = open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD
+        if model == "tiny":
+            net = open_clip.model.CLIP(**TINY_CLIP)
+            net.visual.image_mean, net.visual.image_std = open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD
+        else:
+            net = open_clip.create_model(model, pretrained=None, force_quick_gelu=quick_gelu)
     else:
         if checkpoint and not Path(checkpoint).is_file():
             raise MissingWeights(f"CLIP checkpoint {checkpoint} does not exist")
-        if not checkpoint and pretrained and not _hub_reachable():
+        if not checkpoint and pretrained and not hub_reachable():
             checkpoint = _cached_pretrained(model, pretrained, cache_dir)
         try:
             # QuickGELU: OpenAI's weights were trained with it; without it the wrong activation runs silently.
@@ -84,12 +88,14 @@ class CLIPEmbedder:
     (resize the short side, center crop, normalize) done on the device."""
 
     def __init__(self, net: torch.nn.Module, device: str, batch_size: int = 32):
+        import open_clip
+
         self.net, self.device, self.batch_size = net, device, batch_size
         self.dtype = model_dtype(device)
         size = net.visual.image_size
         self.size = size if isinstance(size, int) else size[0]
-        mean = getattr(net.visual, "image_mean", None) or (0.48145466, 0.4578275, 0.40821073)
-        std = getattr(net.visual, "image_std", None) or (0.26862954, 0.26130258, 0.27577711)
+        mean = getattr(net.visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN
+        std = getattr(net.visual, "image_std", None) or open_clip.OPENAI_DATASET_STD
         self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, device=device).view(1, 3, 1, 1)
 
@@ -141,12 +147,13 @@ class CLIPScores(VideoMetric):
     }
 
     def __init__(self, clip: dict, tracker: dict | None = None, fill: int = 127, min_region: float = 0.001,
-                 batch_size: int = 32, device: str = "cpu"):
+                 batch_size: int = 32, source_cache_mb: float | None = None, device: str = "cpu"):
         clip = dict(clip)
         self.tiny = bool(clip.get("tiny", False))
         self.embed = CLIPEmbedder(load_clip(**clip, device=device), device, batch_size)
         self.tracker, self.fill, self.min_region, self.device = tracker, fill, min_region, device
-        self._source = SampleCache()  # source-side embeddings are the same for every method
+        # source-side embeddings are the same for every method: kept for every source (a few kB each) unless bounded
+        self._source = SampleCache(source_cache_mb)
 
     def score(self, sample: EditSample, edited: np.ndarray) -> dict[str, float]:
         e_out = self.embed(edited)

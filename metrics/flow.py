@@ -1,15 +1,15 @@
 """Flow and Flow+ (paper Table 2, source faithfulness): end-point error between the optical flow of the
 source video and that of the edited video, frame t -> t+1, at one fixed evaluation size for every method.
 
-Estimators: torchvision RAFT large (default weights C_T_SKHT_V2, or a local file) and OpenCV DIS
-(weight-free). Flow+ averages the error over unedited-region pixels only; so that the edited region's
-content cannot leak into that average through the flow network's receptive field, the region is blanked
-with one constant in both videos before their flows are computed.
+Estimators (`models.flow.kind`): torchvision RAFT large (`raft`: default weights C_T_SKHT_V2, or a local
+file) and OpenCV DIS (`dis`: weight-free); each kind's settings sit under its own key. Flow+ averages the
+error over unedited-region pixels only; so that the edited region's content cannot leak into that average
+through the flow network's receptive field, the region is blanked with one constant in both videos before
+their flows are computed.
 """
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -20,10 +20,10 @@ import torch
 from harness.cache import cache_key, cached
 from harness.metric import Column, VideoMetric
 from harness.types import EditSample
-from harness.weights import MissingWeights
+from harness.weights import MissingWeights, hub_reachable
+from metrics.checkpoints import load_state_dict
 from metrics.regions import TRACKER_COLUMN, SampleCache, blank, regions_for, resize_masks
 from metrics.tensors import batches, resize, to_tensor
-
 
 
 class DISFlow:
@@ -68,55 +68,43 @@ class RAFTFlow:
 
 
 def load_raft(arch: str, weights: str | None, checkpoint: str | None, tiny: bool, seed: int, device: str) -> torch.nn.Module:
-    """RAFT with real weights (torchvision's enum from the torch hub cache, or a local state-dict file), or
-    seeded random weights when `tiny`. Missing real weights are an error, never random weights."""
+    """RAFT with real weights (torchvision's enum from the torch hub cache, or a local state-dict file; both
+    read with weights_only=True), or seeded random weights when `tiny`. Missing real weights are an error,
+    never random weights."""
     from torchvision.models import optical_flow
 
     build = getattr(optical_flow, arch)
     if tiny:
         torch.manual_seed(seed)
-        model = build(weights=None)
-    elif checkpoint:
+        return build(weights=None).eval().to(device)
+    if checkpoint:
         if not Path(checkpoint).is_file():
             raise MissingWeights(f"RAFT checkpoint {checkpoint} does not exist")
-        model = build(weights=None)
-        model.load_state_dict(_load_state_dict(checkpoint))
+        state = load_state_dict(checkpoint)
     else:
         enum = getattr(optical_flow, {"raft_large": "Raft_Large_Weights", "raft_small": "Raft_Small_Weights"}[arch])[weights]
         cached_file = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(enum.url)
-        if not cached_file.exists() and not _reachable(urlparse(enum.url).hostname):
+        if not cached_file.exists() and not hub_reachable(enum.url):
             raise MissingWeights(f"RAFT weights {weights}: not in the torch hub cache ({cached_file}) and "
-                                 f"{urlparse(enum.url).hostname} cannot be reached; set models.raft.checkpoint=FILE "
+                                 f"{urlparse(enum.url).hostname} cannot be reached; set models.flow.raft.checkpoint=FILE "
                                  "or run with models=tiny")
-        model = build(weights=enum, progress=False)
+        state = enum.get_state_dict(progress=False, check_hash=True, weights_only=True, map_location="cpu")
+    model = build(weights=None)
+    model.load_state_dict(state)
     return model.eval().to(device)
 
 
-def _reachable(host: str, timeout: float = 3.0) -> bool:
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
-def _load_state_dict(path: str) -> dict:
-    if str(path).endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        return load_file(path)
-    return torch.load(path, map_location="cpu", weights_only=True)
+FLOW_KINDS = {"dis": DISFlow, "raft": RAFTFlow}
 
 
 def make_flow(cfg: dict, device: str = "cpu"):
-    """A flow estimator from its config (`kind: raft|dis` plus that estimator's settings)."""
-    cfg = dict(cfg)
-    kind = cfg.pop("kind")
-    if kind == "dis":
-        return DISFlow(**cfg)
-    if kind == "raft":
-        return RAFTFlow(**cfg, device=device)
-    raise ValueError(f"flow estimator kind must be raft or dis, got {kind!r}")
+    """A flow estimator from its config: `kind` (raft | dis) picks it, the section named by `kind` holds its
+    settings (the other kinds' sections are alternatives, unused)."""
+    kind = cfg["kind"]
+    if kind not in FLOW_KINDS:
+        raise ValueError(f"flow estimator kind must be one of {', '.join(FLOW_KINDS)}; got {kind!r}")
+    settings = dict(cfg.get(kind) or {})
+    return RAFTFlow(**settings, device=device) if kind == "raft" else DISFlow(**settings)
 
 
 class FlowError(VideoMetric):
@@ -129,11 +117,12 @@ class FlowError(VideoMetric):
     }
 
     def __init__(self, estimator: dict, tracker: dict | None = None, size: tuple[int, int] = (320, 576),
-                 fill: int = 127, device: str = "cpu"):
+                 fill: int = 127, source_cache_mb: float | None = 4096, device: str = "cpu"):
         self.estimator = make_flow(estimator, device)
         self.tiny = bool(getattr(self.estimator, "tiny", False))
         self.tracker, self.size, self.fill, self.device = tracker, tuple(size), fill, device
-        self._source = SampleCache()  # the source's flows are the same for every method
+        # the source's flows are the same for every method: kept for as many sources as `source_cache_mb` holds
+        self._source = SampleCache(source_cache_mb)
 
     def _resized(self, video: np.ndarray) -> np.ndarray:
         return (resize(to_tensor(video, "cpu"), self.size).clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()

@@ -3,10 +3,13 @@ source videos and the set of edited videos. Features: Kinetics-400 logits of the
 averaged over time, frames resized straight to 224×224 with values in [-1, 1]. With 14-frame clips this is
 FVD@14f; with few videos the covariances are rank-deficient, so the matrix square root's real part is used
 and the number of videos and frames is reported beside the score (`fvd_n`, `fvd_frames`).
+
+The weight file's sha256 must be configured (`models.i3d.sha256`) and is checked; it travels with every
+video's features and into the run's summary (`metric_info.fvd_i3d`), and FVD over features made with another
+I3D is NaN rather than a mix. I3D runs in fp32 everywhere (fp16 shifts the features, hence FVD).
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
@@ -20,8 +23,9 @@ from harness.cache import cache_key, cached
 from harness.metric import Column, SetMetric
 from harness.types import EditSample
 from harness.weights import MissingWeights
+from metrics.checkpoints import load_state_dict, sha256
 from metrics.regions import SampleCache
-from metrics.tensors import model_dtype, resize, to_tensor
+from metrics.tensors import resize, to_tensor
 
 log = logging.getLogger(__name__)
 
@@ -117,18 +121,11 @@ class InceptionI3D(nn.Module):
         return self.logits(x).mean(dim=(2, 3, 4))
 
 
-def sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def load_i3d(checkpoint: str | None = None, sha256_hex: str | None = None, width: float = 1.0, tiny: bool = False,
              seed: int = 0, device: str = "cpu") -> InceptionI3D:
     """I3D from a local weight file (torch state dict loaded with weights_only=True, or safetensors) whose
-    sha256 is checked when given, else logged; seeded random weights when `tiny`. Once per process."""
+    sha256 must equal `sha256_hex`; seeded random weights when `tiny`. Once per process. The result's
+    `weights_id` names the weights: the file's sha256, or `random(...)` for tiny ones."""
     key = cache_key("i3d", checkpoint, sha256_hex, width, tiny, seed, device)
     return cached(key, lambda: _build_i3d(checkpoint, sha256_hex, width, tiny, seed, device))
 
@@ -140,20 +137,21 @@ def _build_i3d(checkpoint, sha256_hex, width, tiny, seed, device) -> InceptionI3
         for m in net.modules():
             if isinstance(m, nn.Conv3d):
                 nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+        net.weights_id = f"random(seed={seed},width={width})"
     else:
         if not checkpoint or not Path(checkpoint).is_file():
             raise MissingWeights(f"I3D Kinetics-400 weights: no file at models.i3d.checkpoint={checkpoint!r}. Put a state dict "
                                  "(Inception-I3D layout, .pt or .safetensors) there, or run with models=tiny")
         digest = sha256(checkpoint)
-        if sha256_hex and digest != sha256_hex.lower():
-            raise MissingWeights(f"I3D weights {checkpoint}: sha256 {digest} != expected {sha256_hex}")
         if not sha256_hex:
-            log.warning("I3D weights %s: sha256 %s (set models.i3d.sha256 to check it)", checkpoint, digest)
-        from metrics.flow import _load_state_dict
-
-        net.load_state_dict(_load_state_dict(checkpoint))
-    net = net.eval().to(device)
-    return net.half() if str(device).startswith("cuda") else net
+            raise MissingWeights(f"I3D weights {checkpoint}: models.i3d.sha256 is not set; the file's sha256 is {digest}. "
+                                 "Verify the file (e.g. against its publisher's checksum), then set "
+                                 f"models.i3d.sha256={digest}")
+        if digest != str(sha256_hex).lower():
+            raise MissingWeights(f"I3D weights {checkpoint}: sha256 {digest} != models.i3d.sha256={sha256_hex}")
+        net.load_state_dict(load_state_dict(checkpoint))
+        net.weights_id = digest
+    return net.eval().to(device)
 
 
 class FVD(SetMetric):
@@ -165,32 +163,46 @@ class FVD(SetMetric):
         "fvd_frames": Column(percent=False, higher_is_better=True, group="set size"),
     }
 
-    def __init__(self, i3d: dict, size: int = 224, min_frames: int = 9, device: str = "cpu"):
+    def __init__(self, i3d: dict, size: int = 224, min_frames: int = 9, source_cache_mb: float | None = None,
+                 device: str = "cpu"):
         i3d = dict(i3d)
         if "sha256" in i3d:
             i3d["sha256_hex"] = i3d.pop("sha256")
         self.tiny = bool(i3d.get("tiny", False))
         self.net = load_i3d(**i3d, device=device)
         self.size, self.min_frames, self.device = size, min_frames, device
-        self._source = SampleCache()
+        self._source = SampleCache(source_cache_mb)  # 400 floats per source
+
+    @property
+    def info(self) -> dict[str, str]:
+        """What the run's summary records about the scores: the I3D weights (sha256 or random(...))."""
+        return {"fvd_i3d": self.net.weights_id}
 
     @torch.no_grad()
     def embed(self, video: np.ndarray) -> np.ndarray:
         if len(video) < self.min_frames:
             raise ValueError(f"I3D needs at least {self.min_frames} frames, got {len(video)}")
         x = resize(to_tensor(video, self.device), (self.size, self.size)).clamp(0, 1) * 2 - 1
-        x = x.permute(1, 0, 2, 3)[None].to(model_dtype(self.device))  # 1×3×T×H×W
+        x = x.permute(1, 0, 2, 3)[None]  # 1×3×T×H×W, fp32
         return self.net(x)[0].float().cpu().numpy()
 
     def features(self, sample: EditSample, edited: np.ndarray) -> dict[str, np.ndarray]:
         real = self._source.get(sample, "i3d", lambda: self.embed(sample.source))
-        return {"real": real, "fake": self.embed(edited), "frames": np.asarray(len(edited))}
+        return {"real": real, "fake": self.embed(edited), "frames": np.asarray(len(edited)),
+                "i3d": np.asarray(self.net.weights_id)}
 
     def compute(self, features: list[dict[str, np.ndarray]]) -> dict[str, float]:
         real = np.stack([f["real"] for f in features]).astype(np.float64)
         fake = np.stack([f["fake"] for f in features]).astype(np.float64)
         frames = {int(f["frames"]) for f in features}
         out = {"fvd_n": float(len(features)), "fvd_frames": float(frames.pop()) if len(frames) == 1 else float("nan")}
+        made_with = [str(f.get("i3d", "unrecorded")) for f in features]
+        if any(d != self.net.weights_id for d in made_with):
+            other = sorted(set(made_with) - {self.net.weights_id})
+            log.error("FVD is NaN: features of %d videos were made with other I3D weights (%s) than the current ones "
+                      "(%s); re-score them with stage=score", sum(d in other for d in made_with), ", ".join(other),
+                      self.net.weights_id)
+            return {**out, "fvd": float("nan")}
         if len(features) < 2:
             log.warning("FVD needs at least 2 videos for a covariance; got %d", len(features))
             return {**out, "fvd": float("nan")}
@@ -198,7 +210,7 @@ class FVD(SetMetric):
 
 
 def frechet_distance(mu1: np.ndarray, s1: np.ndarray, mu2: np.ndarray, s2: np.ndarray) -> float:
-    """||mu1 - mu2||² + tr(S1 + S2 - 2 (S1 S2)^½), the square root's real part (rank-deficient sets)."""
-    covmean = scipy.linalg.sqrtm(s1 @ s2)
-    covmean = np.real(covmean)
-    return float(np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+    """||mu1 - mu2||² + tr(S1 + S2 - 2 (S1 S2)^½), the square root's real part (rank-deficient sets); at least 0
+    (identical sets give tiny negative values through the square root's round-off)."""
+    covmean = np.real(scipy.linalg.sqrtm(s1 @ s2))
+    return max(0.0, float(np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean)))

@@ -1,17 +1,19 @@
 """Edited regions for the "+" metrics: the frame-0 edit mask tracked through the *source* video, so every
 method is scored on the same regions. Computed once per sample and process, shared by all "+" metrics.
 
-Trackers: CoTracker (torch.hub `facebookresearch/co-tracker`, `cotracker3_offline`) on points sampled
-inside the frame-0 mask, each frame's mask being the frame-0 mask warped by the affine map fitted (RANSAC)
-to the visible points; and, offline, a flow tracker that chains backward optical flow to frame 0 and
-samples the frame-0 mask there. `kind: auto` takes CoTracker when its code and weights are on disk, else
-the flow tracker; the tracker used travels with the masks (`Regions.tracker`) into the score rows.
+Both trackers make frame t's mask by warping the frame-0 mask with an affine map fitted with RANSAC
+(inlier threshold `ransac_px`, in pixels):
+- CoTracker (torch.hub `facebookresearch/co-tracker`, entry `cotracker3_offline`) tracks points sampled
+  inside the frame-0 mask; frame t's map is fitted to the visible points' frame-0 -> frame-t motion.
+- The flow tracker (the offline fallback) fits, at each step t -> t+1, an affine map to the forward optical
+  flow of frame t's mask pixels, and composes those maps from frame 0.
+`kind: auto` takes CoTracker when its code and weights are on disk, else the flow tracker; the tracker used
+travels with the masks (`Regions.tracker`) into the score rows.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -38,19 +40,38 @@ def sample_key(sample: EditSample) -> str:
 
 
 class SampleCache:
-    """Per-sample values computed once in this process (least recently used dropped beyond `maxsize`)."""
+    """Per-sample values computed once in this process, keyed by the sample's content, so a sweep that runs
+    method after method over a dataset computes each source's values once.
 
-    def __init__(self, maxsize: int | None = 8):
-        self.maxsize, self._d = maxsize, OrderedDict()
+    `max_mb` bounds the memory kept (None: unbounded). Once full, new values are computed but not kept: a
+    method-by-method sweep visits the samples in a cycle, where evicting the oldest (LRU) would never hit,
+    while keeping the first ones hits for each of them in every later method.
+    """
+
+    def __init__(self, max_mb: float | None = None):
+        self.max_bytes = None if max_mb is None else float(max_mb) * 2**20
+        self.nbytes = 0
+        self._d: dict[tuple[str, str], Any] = {}
 
     def get(self, sample: EditSample, name: str, factory: Callable[[], Any]) -> Any:
         key = (sample_key(sample), name)
-        if key not in self._d:
-            self._d[key] = factory()
-        self._d.move_to_end(key)
-        while self.maxsize is not None and len(self._d) > self.maxsize:
-            self._d.popitem(last=False)
-        return self._d[key]
+        if key in self._d:
+            return self._d[key]
+        value = factory()
+        size = _nbytes(value)
+        if self.max_bytes is None or self.nbytes + size <= self.max_bytes:
+            self._d[key] = value
+            self.nbytes += size
+        return value
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+
+def _nbytes(value: Any) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    return int(getattr(value, "nbytes", 0))
 
 
 @dataclass
@@ -75,12 +96,16 @@ class _PackedRegions:
         self.shape, self.tracker = regions.masks.shape, regions.tracker
         self.bits = np.packbits(regions.masks)
 
+    @property
+    def nbytes(self) -> int:
+        return self.bits.nbytes
+
     def unpack(self) -> Regions:
         n = int(np.prod(self.shape))
         return Regions(np.unpackbits(self.bits, count=n).astype(bool).reshape(self.shape), self.tracker)
 
 
-_REGIONS = SampleCache(maxsize=None)
+_REGIONS = SampleCache()  # unbounded: 1 MB per 14×576×1024 sample
 
 
 def regions_for(sample: EditSample, tracker_cfg: dict, device: str = "cpu") -> Regions:
@@ -112,10 +137,10 @@ class FlowTracker:
     the current mask's pixels, composes it with the maps so far, and warps the frame-0 mask by the result.
     A region-wide affine fit is robust where per-pixel flow fails (textureless or fast objects)."""
 
-    def __init__(self, flow: dict, ransac_px: float = 1.0, device: str = "cpu"):
+    def __init__(self, estimator: dict, ransac_px: float = 1.0, device: str = "cpu"):
         from metrics.flow import make_flow
 
-        self.flow = make_flow(flow, device)
+        self.flow = make_flow(estimator, device)
         self.ransac_px = ransac_px
         self.name = f"flow-affine({self.flow.name})"
 
@@ -138,20 +163,41 @@ class FlowTracker:
         return np.stack(masks)
 
 
-class CoTracker:
-    """CoTracker through torch.hub, on `points` points sampled inside the frame-0 mask."""
+#: CoTracker's offline hub entries and the checkpoint each downloads into the torch hub cache
+#: (`<hub dir>/checkpoints/<file>`, the file name of the entry's URL in the repo's hubconf.py).
+COTRACKER_CHECKPOINTS = {"cotracker3_offline": "scaled_offline.pth", "cotracker2v1": "cotracker2v1.pth",
+                         "cotracker2": "cotracker2.pth"}
 
-    name = "cotracker3_offline"
+
+def cotracker_checkpoint(entry: str, checkpoint: str | None = None) -> Path:
+    """The weight file for `entry`: the configured one, else the hub cache's file for that entry."""
+    if checkpoint:
+        return Path(checkpoint).expanduser()
+    if entry not in COTRACKER_CHECKPOINTS:
+        raise ValueError(f"CoTracker entry {entry!r}: no known checkpoint (known: {', '.join(COTRACKER_CHECKPOINTS)}); "
+                         "set models.tracker.cotracker.checkpoint=FILE")
+    return Path(torch.hub.get_dir()) / "checkpoints" / COTRACKER_CHECKPOINTS[entry]
+
+
+class CoTracker:
+    """CoTracker through torch.hub on `points` points sampled inside the frame-0 mask. The hub entry is built
+    with pretrained=False and its weights are loaded here as tensors only (weights_only=True or safetensors)."""
 
     def __init__(self, repo: str = "facebookresearch/co-tracker", entry: str = "cotracker3_offline", source: str = "github",
-                 checkpoint: str | None = None, points: int = 256, min_visible: int = 6, seed: int = 0, device: str = "cpu"):
-        self.points, self.min_visible, self.seed, self.device = points, min_visible, seed, device
-        self.name = entry
-        model = torch.hub.load(repo, entry, source=source, trust_repo=True, pretrained=checkpoint is None)
-        if checkpoint:
-            from metrics.flow import _load_state_dict
+                 checkpoint: str | None = None, points: int = 256, min_visible: int = 6, ransac_px: float = 3.0,
+                 seed: int = 0, device: str = "cpu"):
+        from harness.weights import MissingWeights
+        from metrics.checkpoints import load_state_dict
 
-            model.model.load_state_dict(_load_state_dict(checkpoint))
+        self.points, self.min_visible, self.ransac_px, self.seed, self.device = points, min_visible, ransac_px, seed, device
+        self.name = entry
+        path = cotracker_checkpoint(entry, checkpoint)
+        if not path.is_file():
+            raise MissingWeights(f"CoTracker {entry}: no weights at {path}; set models.tracker.cotracker.checkpoint=FILE "
+                                 "or use models.tracker.kind=flow")
+        model = torch.hub.load(repo, entry, source=source, trust_repo=True, pretrained=False)
+        model.model.load_state_dict(load_state_dict(path))
+        self.checkpoint = str(path)
         self.model = model.eval().to(device)
 
     @torch.no_grad()
@@ -169,7 +215,7 @@ class CoTracker:
             keep = visible[t]
             A = None
             if keep.sum() >= self.min_visible:
-                A, _ = cv2.estimateAffine2D(pts0[keep], tracks[t][keep], method=cv2.RANSAC)
+                A, _ = cv2.estimateAffine2D(pts0[keep], tracks[t][keep], method=cv2.RANSAC, ransacReprojThreshold=self.ransac_px)
             if A is None:  # the region left the frame or is hidden: an empty mask, skipped by the metrics
                 masks.append(np.zeros((h, w), bool))
                 continue
@@ -178,30 +224,35 @@ class CoTracker:
 
 
 def cotracker_on_disk(repo: str, source: str, checkpoint: str | None, entry: str = "cotracker3_offline") -> bool:
-    """Whether CoTracker can load without the network: a local checkout (or the torch hub cache) and weights."""
+    """Whether CoTracker can load without the network: a local checkout (or the torch hub cache's copy of the
+    repo) and the entry's weights (the configured file, or the hub cache's file for that entry)."""
     hub = Path(torch.hub.get_dir())
     if source == "local":
-        code = Path(repo).is_dir()
+        code = (Path(repo).expanduser() / "hubconf.py").is_file()
     else:
         owner, name = repo.split(":")[0].split("/")
-        ref = repo.split(":")[1] if ":" in repo else "main"
-        code = (hub / f"{owner}_{name}_{ref}").is_dir()
-    weights = Path(checkpoint).is_file() if checkpoint else (hub / "checkpoints" / "scaled_offline.pth").is_file()
+        refs = [repo.split(":")[1]] if ":" in repo else ["main", "master"]
+        code = any((hub / f"{owner}_{name}_{ref}").is_dir() for ref in refs)
+    try:
+        weights = cotracker_checkpoint(entry, checkpoint).is_file()
+    except ValueError:
+        return False
     return code and weights
 
 
 def make_tracker(cfg: dict, device: str = "cpu"):
     """`kind: cotracker | flow | auto` (auto: CoTracker when on disk, else the flow tracker, with a warning)."""
     cfg = dict(cfg)
-    kind, co, flow = cfg["kind"], dict(cfg.get("cotracker") or {}), cfg.get("flow")
+    kind, co, flow = cfg["kind"], dict(cfg.get("cotracker") or {}), dict(cfg.get("flow") or {})
     if kind == "auto":
-        kind = "cotracker" if co and cotracker_on_disk(co.get("repo", "facebookresearch/co-tracker"), co.get("source", "github"),
-                                                      co.get("checkpoint"), co.get("entry", "cotracker3_offline")) else "flow"
+        on_disk = co and cotracker_on_disk(co.get("repo", "facebookresearch/co-tracker"), co.get("source", "github"),
+                                           co.get("checkpoint"), co.get("entry", "cotracker3_offline"))
+        kind = "cotracker" if on_disk else "flow"
         if kind == "flow":
             log.warning("CoTracker is not on disk (set models.tracker.cotracker.repo/checkpoint); "
                         "the '+' metrics use the flow tracker, recorded in the rows")
     if kind == "cotracker":
         return CoTracker(**co, device=device)
     if kind == "flow":
-        return FlowTracker(flow, device=device)
+        return FlowTracker(**flow, device=device)
     raise ValueError(f"tracker kind must be auto, cotracker or flow; got {kind!r}")

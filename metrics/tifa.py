@@ -4,7 +4,9 @@ to the nearest of the question's choices by sentence-embedding similarity, is ri
 score is its accuracy and the video's the mean over frames.
 
 Questions come from a file per dataset in TIFA's JSON format: a list of
-`{id, caption, question, choices, answer, element_type, element}` whose `id` is the sample id.
+`{id, caption, question, choices, answer, element_type, element}` whose `id` is the sample id. A missing
+file is an error when the suite loads (the paper's suite has a TIFA column; leave it out with `~metrics.tifa`);
+a sample the file has no questions for scores NaN, with a warning naming the sample and the file.
 """
 from __future__ import annotations
 
@@ -54,18 +56,30 @@ def _char_tokenizer(folder: Path, bos: str = "[DEC]"):
     return BertTokenizer(str(folder / "vocab.txt"), bos_token=bos)
 
 
-def tiny_vqa(seed: int = 0):
-    """A tiny random-weight BLIP VQA model (same architecture) with its processor."""
+#: Random-weight BLIP VQA layouts: "tiny" for smoke tests; "large" is Salesforce/blip-vqa-capfilt-large's
+#: (ViT-L/16 at 384 px, BERT-base text encoder and decoder), for timing the suite without its weights.
+VQA_ARCHS = {
+    "tiny": dict(image_size=32, vision=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2),
+                 text=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           max_position_embeddings=64), vocab_size=None),
+    "large": dict(image_size=384, vision=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16),
+                  text=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                            max_position_embeddings=512), vocab_size=30524),
+}
+
+
+def tiny_vqa(seed: int = 0, arch: str = "tiny"):
+    """A random-weight BLIP VQA model of layout `arch` (VQA_ARCHS) with its processor (a character tokenizer)."""
     from transformers import BlipConfig, BlipForQuestionAnswering, BlipImageProcessor, BlipProcessor
 
+    a = VQA_ARCHS[arch]
     with tempfile.TemporaryDirectory() as d:
         tok = _char_tokenizer(Path(d))
-    image = BlipImageProcessor(size={"height": 32, "width": 32})
+    image = BlipImageProcessor(size={"height": a["image_size"], "width": a["image_size"]})
     processor = BlipProcessor(image_processor=image, tokenizer=tok)
-    small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
     config = BlipConfig(
-        vision_config=dict(small, image_size=32, patch_size=16),
-        text_config=dict(small, vocab_size=len(tok), encoder_hidden_size=32, max_position_embeddings=64,
+        vision_config=dict(a["vision"], image_size=a["image_size"], patch_size=16),
+        text_config=dict(a["text"], vocab_size=a["vocab_size"] or len(tok), encoder_hidden_size=a["vision"]["hidden_size"],
                          bos_token_id=tok.bos_token_id, pad_token_id=tok.pad_token_id, sep_token_id=tok.sep_token_id),
     )
     torch.manual_seed(seed)
@@ -73,29 +87,35 @@ def tiny_vqa(seed: int = 0):
 
 
 def load_vqa(repo: str = "Salesforce/blip-vqa-capfilt-large", revision: str | None = None, root: str | None = None,
-             tiny: bool = False, seed: int = 0, device: str = "cpu"):
-    """(processor, BLIP VQA model), once per process: real weights from a local folder or the hub cache."""
+             tiny: bool = False, seed: int = 0, arch: str = "tiny", device: str = "cpu"):
+    """(processor, BLIP VQA model), once per process: real weights from a local folder or the hub cache, or
+    with `tiny` seeded random weights of layout `arch`."""
 
     def build():
         from transformers import BlipForQuestionAnswering, BlipProcessor
 
         if tiny:
-            processor, model = tiny_vqa(seed)
+            processor, model = tiny_vqa(seed, arch)
         else:
             folder = local_model_dir(repo, revision, root)
             processor = BlipProcessor.from_pretrained(folder)
             model = BlipForQuestionAnswering.from_pretrained(folder, dtype=model_dtype(device))
         return processor, model.eval().to(device)
 
-    return cached(cache_key("vqa", repo, revision, root, tiny, seed, device), build)
+    return cached(cache_key("vqa", repo, revision, root, tiny, seed, arch, device), build)
 
 
-def tiny_text_embedder(seed: int = 0):
-    from transformers import BertConfig, BertModel
+def tiny_text_embedder(seed: int = 0, arch: str = "tiny"):
+    """A random-weight sentence encoder: "tiny" (a 2-layer BERT) or "mpnet-base" (all-mpnet-base-v2's layout)."""
+    from transformers import BertConfig, BertModel, MPNetConfig, MPNetModel
 
     with tempfile.TemporaryDirectory() as d:
         tok = _char_tokenizer(Path(d))
     torch.manual_seed(seed)
+    if arch == "mpnet-base":
+        return tok, MPNetModel(MPNetConfig(vocab_size=30527)).eval()
+    if arch != "tiny":
+        raise ValueError(f"text_embed arch must be tiny or mpnet-base; got {arch!r}")
     config = BertConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                         num_attention_heads=2, max_position_embeddings=64)
     return tok, BertModel(config).eval()
@@ -106,18 +126,18 @@ class TextEmbedder:
     (mean of the last hidden states over real tokens, unit length), through transformers."""
 
     def __init__(self, repo: str = "sentence-transformers/all-mpnet-base-v2", revision: str | None = None,
-                 root: str | None = None, tiny: bool = False, seed: int = 0, device: str = "cpu"):
+                 root: str | None = None, tiny: bool = False, seed: int = 0, arch: str = "tiny", device: str = "cpu"):
         def build():
             from transformers import AutoModel, AutoTokenizer
 
             if tiny:
-                tok, model = tiny_text_embedder(seed)
+                tok, model = tiny_text_embedder(seed, arch)
             else:
                 folder = local_model_dir(repo, revision, root)
                 tok, model = AutoTokenizer.from_pretrained(folder), AutoModel.from_pretrained(folder)
             return tok, model.eval().to(device)
 
-        self.tokenizer, self.model = cached(cache_key("text_embed", repo, revision, root, tiny, seed, device), build)
+        self.tokenizer, self.model = cached(cache_key("text_embed", repo, revision, root, tiny, seed, arch, device), build)
         self.device = device
 
     @torch.no_grad()
@@ -152,10 +172,13 @@ class TIFA(VideoMetric):
                  device: str = "cpu"):
         vqa, text_embed = dict(vqa), dict(text_embed)
         self.tiny = bool(vqa.get("tiny", False) or text_embed.get("tiny", False))
-        self.questions_path = questions
-        self.questions = load_questions(questions) if Path(questions).is_file() else None
-        if self.questions is None:
-            log.warning("TIFA: no questions file at %s; tifa is left out", questions)
+        if not Path(questions).is_file():
+            raise FileNotFoundError(
+                f"TIFA: no questions file at {questions}. Generate one (python -m metrics.tifa_questions "
+                "DATASET_DIR OUT.json --model LOCAL_LM) and set dataset.tifa_questions=OUT.json or put it there, "
+                "or leave TIFA out of the suite with ~metrics.tifa")
+        self.questions_path = str(questions)
+        self.questions = load_questions(questions)
         self.processor, self.model = load_vqa(**vqa, device=device)
         self.embed = TextEmbedder(**text_embed, device=device)
         self.batch_size, self.max_new_tokens, self.device = batch_size, max_new_tokens, device
@@ -176,7 +199,8 @@ class TIFA(VideoMetric):
         return [out[i:i + n] for i in range(0, len(out), n)]
 
     def score(self, sample: EditSample, edited: np.ndarray) -> dict[str, float]:
-        qs = (self.questions or {}).get(sample.id)
+        qs = self.questions.get(sample.id)
         if not qs:
-            return {}
+            log.warning("TIFA: %s has no questions for sample %s; its tifa is NaN", self.questions_path, sample.id)
+            return {"tifa": float("nan")}
         return {"tifa": tifa_score(self.answer(edited, [q["question"] for q in qs]), qs, self.embed)}

@@ -40,7 +40,7 @@ def clip_metric():
 
 @pytest.fixture(scope="module")
 def flow_metric():
-    return FlowError(TINY["raft"], TINY["tracker"], size=TINY["flow_size"])
+    return FlowError(TINY["flow"], TINY["tracker"], size=TINY["flow_size"])
 
 
 @pytest.mark.slow
@@ -94,8 +94,18 @@ def test_frechet_distance_closed_form():
     n = 4000
     real = rng.multivariate_normal(mu1, np.diag(v1), n)
     fake = rng.multivariate_normal(mu2, np.diag(v2), n)
-    got = FVD.compute(None, [{"real": r, "fake": f, "frames": np.asarray(14)} for r, f in zip(real, fake)])
+    fvd = FVD(TINY["i3d"])
+    i3d = np.asarray(fvd.net.weights_id)
+    got = fvd.compute([{"real": r, "fake": f, "frames": np.asarray(14), "i3d": i3d} for r, f in zip(real, fake)])
     assert got["fvd"] == pytest.approx(want, rel=0.1) and got["fvd_n"] == n
+    # identical sets: the square root's round-off must not give a negative distance
+    same = fvd.compute([{"real": r, "fake": r, "frames": np.asarray(14), "i3d": i3d} for r in real[:50]])
+    assert 0.0 <= same["fvd"] < 1e-6
+    # features made with other I3D weights (or not recorded) are not mixed into one FVD
+    mixed = [{"real": r, "fake": f, "frames": np.asarray(14), "i3d": i3d} for r, f in zip(real[:50], fake[:50])]
+    mixed[3]["i3d"] = np.asarray("0" * 64)
+    del mixed[4]["i3d"]
+    assert np.isnan(fvd.compute(mixed)["fvd"])
 
 
 def test_dis_epe_on_ground_truth_flow(sample_track):
@@ -202,7 +212,7 @@ object | dog | Is there a dog? | yes; no | yes"""
 def test_flow_tracker_iou_on_sample_track(sample_track):
     """The flow tracker (DIS) follows the frame-0 mask: mean IoU with the true masks >= 0.75 over the track
     (measured 0.82; fast small balls are its weak spot)."""
-    tracker = FlowTracker({"kind": "dis", "preset": "medium"})
+    tracker = FlowTracker({"kind": "dis", "dis": {"preset": "medium"}})
     ious = []
     for sid in sample_track.ids():
         s = sample_track.load(sid)

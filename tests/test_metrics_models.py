@@ -12,7 +12,8 @@ import torch
 from harness.weights import MissingWeights
 from metrics.clip import TINY_CLIP, CLIPEmbedder, load_clip
 from metrics.flow import load_raft
-from metrics.fvd import load_i3d, sha256
+from metrics.checkpoints import sha256
+from metrics.fvd import FVD, load_i3d
 from metrics.tifa import TextEmbedder, load_vqa, tiny_text_embedder, tiny_vqa
 
 FRAMES = np.random.default_rng(0).integers(0, 256, (3, 64, 96, 3), dtype=np.uint8)
@@ -24,7 +25,7 @@ def test_clip_local_checkpoint_loads_through_open_clip(tmp_path):
     (tmp_path / "cfg").mkdir()
     (tmp_path / "cfg" / "test-tiny-clip.json").write_text(json.dumps(TINY_CLIP))
     open_clip.add_model_config(tmp_path / "cfg")
-    tiny = load_clip(tiny=True, seed=3)
+    tiny = load_clip(model="tiny", tiny=True, seed=3)
     ckpt = tmp_path / "tiny_clip.pt"
     torch.save(tiny.state_dict(), ckpt)
     real = load_clip(model="test-tiny-clip", pretrained=None, checkpoint=str(ckpt), quick_gelu=True)
@@ -57,12 +58,19 @@ def test_i3d_local_file_with_checksum(tmp_path, fmt):
         from safetensors.torch import save_file
 
         save_file({k: v.contiguous() for k, v in tiny.state_dict().items()}, str(path))
-    real = load_i3d(str(path), sha256(path), width=0.125)
+    digest = sha256(path)
+    real = load_i3d(str(path), digest, width=0.125)
     x = torch.rand(1, 3, 9, 224, 224) * 2 - 1
     with torch.no_grad():
         torch.testing.assert_close(tiny(x), real(x))
+    # the digest used travels with the features and into the run's summary
+    fvd = FVD({"tiny": False, "seed": 0, "checkpoint": str(path), "sha256": digest, "width": 0.125})
+    assert fvd.info == {"fvd_i3d": digest} and real.weights_id == digest
     with pytest.raises(MissingWeights, match="sha256"):
         load_i3d(str(path), "0" * 64, width=0.125)
+    # unset: refused, with the file's actual sha256 and the setting to put it in
+    with pytest.raises(MissingWeights, match=f"models.i3d.sha256={digest}"):
+        load_i3d(str(path), None, width=0.125)
     with pytest.raises(MissingWeights, match="models.i3d.checkpoint"):
         load_i3d(None)
 
