@@ -4,10 +4,11 @@
     python -m metrics.benchmark --full-size device=cuda  # the real backbones' sizes, random weights
     python -m metrics.benchmark models=svd device=cuda   # the real weights
 
-`--full-size` builds every backbone at its real size with seeded random weights (models=tiny with
-ViT-L-14 CLIP, RAFT large with 12 updates at 320×576, I3D width 1, BLIP-large VQA, an MPNet-base sentence
-encoder), so the suite's time can be measured where the weights are not on disk: speed does not depend on
-weight values (except TIFA's answers, which random weights drag to `max_new_tokens` tokens: an upper bound).
+`--full-size` builds every backbone at its real size with seeded random weights (models=tiny with ViT-L-14
+CLIP, RAFT large with 12 updates at 320×576, I3D width 1, BLIP VQA in blip-vqa-capfilt-large's layout
+(ViT-B/16), an MPNet-base sentence encoder), so the suite's time can be measured where the weights are not on
+disk: speed does not depend on weight values (except TIFA's answers, which random weights drag out to
+`max_new_tokens` tokens: an upper bound).
 
 The clip is a sample-track clip resized to 576×1024; the "edit" is its ground-truth edited video. Models
 load first (timed apart); then each metric scores the edit twice: cold (with the per-sample work: region
@@ -32,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 #: Overrides of models=tiny that give every metric backbone its real architecture (random weights).
 FULL_SIZE = ["models=tiny", "models.clip.model=ViT-L-14", "models.flow.kind=raft", "models.flow.raft.arch=raft_large",
              "models.flow.raft.num_flow_updates=12", "models.flow.raft.batch_size=8", "models.flow_size=[320,576]",
-             "models.i3d.width=1.0", "models.vqa.arch=large", "models.text_embed.arch=mpnet-base"]
+             "models.i3d.width=1.0", "models.vqa.arch=blip-vqa-capfilt-large", "models.text_embed.arch=all-mpnet-base-v2"]
 
 
 def _resize(video: np.ndarray, size: tuple[int, int], mode: str = "bilinear") -> np.ndarray:

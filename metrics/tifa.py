@@ -56,13 +56,15 @@ def _char_tokenizer(folder: Path, bos: str = "[DEC]"):
     return BertTokenizer(str(folder / "vocab.txt"), bos_token=bos)
 
 
-#: Random-weight BLIP VQA layouts: "tiny" for smoke tests; "large" is Salesforce/blip-vqa-capfilt-large's
-#: (ViT-L/16 at 384 px, BERT-base text encoder and decoder), for timing the suite without its weights.
+#: Random-weight BLIP VQA layouts: "tiny" for smoke tests; "blip-vqa-capfilt-large" is that model's layout
+#: (ViT-B/16 at 384 px, BERT-base text encoder and decoder; "capfilt-large" names its CapFilt-L training
+#: data, not a ViT-L), for timing the suite without its weights.
 VQA_ARCHS = {
     "tiny": dict(image_size=32, vision=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2),
                  text=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                            max_position_embeddings=64), vocab_size=None),
-    "large": dict(image_size=384, vision=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16),
+    "blip-vqa-capfilt-large": dict(image_size=384, vision=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                                                               num_attention_heads=12),
                   text=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
                             max_position_embeddings=512), vocab_size=30524),
 }
@@ -106,16 +108,16 @@ def load_vqa(repo: str = "Salesforce/blip-vqa-capfilt-large", revision: str | No
 
 
 def tiny_text_embedder(seed: int = 0, arch: str = "tiny"):
-    """A random-weight sentence encoder: "tiny" (a 2-layer BERT) or "mpnet-base" (all-mpnet-base-v2's layout)."""
+    """A random-weight sentence encoder: "tiny" (a 2-layer BERT) or "all-mpnet-base-v2" (that model's layout)."""
     from transformers import BertConfig, BertModel, MPNetConfig, MPNetModel
 
     with tempfile.TemporaryDirectory() as d:
         tok = _char_tokenizer(Path(d))
     torch.manual_seed(seed)
-    if arch == "mpnet-base":
+    if arch == "all-mpnet-base-v2":
         return tok, MPNetModel(MPNetConfig(vocab_size=30527)).eval()
     if arch != "tiny":
-        raise ValueError(f"text_embed arch must be tiny or mpnet-base; got {arch!r}")
+        raise ValueError(f"text_embed arch must be tiny or all-mpnet-base-v2; got {arch!r}")
     config = BertConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                         num_attention_heads=2, max_position_embeddings=64)
     return tok, BertModel(config).eval()

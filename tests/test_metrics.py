@@ -13,10 +13,10 @@ from harness.metric import SetMetric
 from metrics.clip import CLIPScores
 from metrics.flow import DISFlow, FlowError
 from metrics.fvd import FVD, frechet_distance
-from metrics.regions import FlowTracker, regions_for
+from metrics.regions import FlowTracker, SampleCache, regions_for
 from metrics.ssim import SSIM
 from metrics.tifa import TIFA, load_questions, map_answer, tifa_score
-from metrics.tifa_questions import parse_questions
+from metrics.tifa_questions import generate, parse_questions
 
 REPO = Path(__file__).resolve().parents[1]
 # The tiny models group as Hydra composes it (its entries interpolate `${models.*}`).
@@ -219,3 +219,71 @@ def test_flow_tracker_iou_on_sample_track(sample_track):
         got, truth = tracker(s.source, s.mask), s.truth.masks
         ious.append(np.mean([(a & b).sum() / max(1, (a | b).sum()) for a, b in zip(got, truth)]))
     assert np.mean(ious) >= 0.75
+
+
+def test_source_caches_cover_a_method_by_method_sweep():
+    """A sweep scores method after method over the dataset: each source's values are computed once, also for
+    more samples than the old 8-entry cache held; a bounded cache keeps its first entries rather than cycling."""
+    from harness.types import EditSample
+
+    rng = np.random.default_rng(0)
+    samples = [EditSample(f"s{i}", rng.integers(0, 256, (2, 8, 8, 3), dtype=np.uint8), np.zeros((8, 8, 3), np.uint8))
+               for i in range(20)]
+    value = np.zeros(2**17, np.uint8)  # 128 kB
+
+    def sweep(cache, methods=3):
+        calls = []
+        for _ in range(methods):
+            for s in samples:
+                cache.get(s, "src", lambda: calls.append(s.id) or value)
+        return calls
+
+    assert sorted(sweep(SampleCache())) == sorted(s.id for s in samples)
+    bounded = SampleCache(max_mb=5 * 128 / 1024)  # room for 5 values
+    calls = sweep(bounded)
+    assert len(bounded) == 5 and bounded.nbytes == 5 * value.nbytes
+    assert len(calls) == 20 + 2 * 15 and not {"s0", "s4"} & set(calls[20:])
+
+
+def test_questions_fall_back_to_a_caption_of_the_edited_frame(tmp_path, monkeypatch):
+    """A MagicBrush-like sample (an instruction, no target_prompt) gets questions from the captioner's caption of
+    its edited frame (the models group's captioner, tiny here); each question records where its text came from."""
+    import json
+
+    from data.video_io import write_image
+    from metrics import tifa_questions
+
+    edited = np.random.default_rng(0).integers(0, 256, (32, 48, 3), dtype=np.uint8)
+    for sid, meta in [("captioned", {"instruction": "add a hat", "target_prompt": "a dog wearing a red hat"}),
+                      ("magicbrush_1", {"instruction": "add a hat"})]:
+        (tmp_path / "ds" / sid).mkdir(parents=True)
+        write_image(tmp_path / "ds" / sid / "edited.png", edited)
+        (tmp_path / "ds" / sid / "meta.json").write_text(json.dumps(meta))
+    prompts = []
+
+    def lm(prompt):
+        prompts.append(prompt)
+        return "object | hat | Is there a hat? | yes; no | yes\nCaption: next"
+
+    monkeypatch.setattr(tifa_questions, "load_lm", lambda model, device, max_new_tokens: lm)
+    out = tmp_path / "q.json"
+    tifa_questions.main([str(tmp_path / "ds"), str(out), "--model", "unused", "models=tiny", "device=cpu"])
+    qs = load_questions(out)
+    from baselines.prompts import captioner
+
+    caption = captioner(OmegaConf.create(TINY["captioner"]), "cpu")([edited])[0]
+    assert qs["captioned"][0]["caption"] == "a dog wearing a red hat" and qs["captioned"][0]["caption_source"] == "target_prompt"
+    got = qs["magicbrush_1"][0]
+    assert got["caption"] == caption and got["caption_source"].startswith("captioner:Salesforce/blip-image-captioning-base")
+    assert prompts[1].rstrip().endswith(f"Caption: {caption}")
+    with pytest.raises(ValueError, match="no target_prompt"):
+        generate(tmp_path / "ds", lm, captioner=None)
+
+
+def test_benchmark_full_size_overrides_compose(compose):
+    """--full-size names existing keys and the real backbone sizes (random weights, labelled tiny)."""
+    from metrics.benchmark import FULL_SIZE
+
+    m = compose("metrics=paper", *FULL_SIZE).models
+    assert m.tiny and m.clip.model == "ViT-L-14" and m.flow.raft.arch == "raft_large" and m.flow.raft.num_flow_updates == 12
+    assert list(m.flow_size) == [320, 576] and m.i3d.width == 1.0 and m.vqa.arch == "blip-vqa-capfilt-large" and m.text_embed.arch == "all-mpnet-base-v2"
