@@ -7,8 +7,8 @@ DATASET_DIR is in the common layout. A sample's questions are written from its t
 group's image captioner (baselines/prompts.py, BLIP through transformers; tiny and random under models=tiny,
 so pass models=svd for real questions). MagicBrush ships instructions, not target captions, so its questions
 come from captions. Each question records its text (`caption`) and where that came from (`caption_source`:
-`target_prompt` or `captioner:<repo>`). The LM (any causal LM that transformers loads from a local folder)
-continues a few-shot prompt with one question per line,
+`target_prompt` or `captioner:<repo>@<revision>`). The LM (any causal LM that transformers loads from a
+local folder) continues a few-shot prompt with one question per line,
 `element_type | element | question | choice; choice; ... | answer`, which `parse_questions` reads.
 """
 from __future__ import annotations
@@ -105,16 +105,15 @@ def main(argv: list[str] | None = None) -> None:
     from hydra import compose, initialize_config_dir
 
     import run  # noqa: F401  (registers the repo_root resolver)
-    from baselines.prompts import captioner
+    from baselines.prompts import captioner, describe
     from harness.runner import resolve_device
 
     with initialize_config_dir(config_dir=str(Path(run.__file__).resolve().parent / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
     device = resolve_device(cfg.device)
     cap_cfg = cfg.models.captioner
-    name = str(cap_cfg.repo) + (" (tiny random weights)" if cap_cfg.get("tiny") else "")
     qs = generate(args.dataset_dir, load_lm(args.model, device, args.max_new_tokens),
-                  lambda images: captioner(cap_cfg, device)(images), name)
+                  lambda images: captioner(cap_cfg, device)(images), describe(cap_cfg))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(qs, indent=1) + "\n")
     sources = sorted({q["caption_source"] for q in qs})

@@ -274,7 +274,7 @@ def test_questions_fall_back_to_a_caption_of_the_edited_frame(tmp_path, monkeypa
     caption = captioner(OmegaConf.create(TINY["captioner"]), "cpu")([edited])[0]
     assert qs["captioned"][0]["caption"] == "a dog wearing a red hat" and qs["captioned"][0]["caption_source"] == "target_prompt"
     got = qs["magicbrush_1"][0]
-    assert got["caption"] == caption and got["caption_source"].startswith("captioner:Salesforce/blip-image-captioning-base")
+    assert got["caption"] == caption and got["caption_source"] == "captioner:tiny random BLIP (seed 0)"
     assert prompts[1].rstrip().endswith(f"Caption: {caption}")
     with pytest.raises(ValueError, match="no target_prompt"):
         generate(tmp_path / "ds", lm, captioner=None)

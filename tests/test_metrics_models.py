@@ -125,7 +125,8 @@ def test_blip_vqa_and_text_encoder_load_from_a_local_folder(tmp_path):
 
 @pytest.mark.skipif(not os.environ.get("COTRACKER_REPO"),
                     reason="CoTracker's code cannot be fetched offline; set COTRACKER_REPO to a local checkout of "
-                           "facebookresearch/co-tracker (and COTRACKER_CHECKPOINT to its weights) to run this test")
+                           "facebookresearch/co-tracker (and COTRACKER_CHECKPOINT to its weights, else the torch hub cache's "
+                           "checkpoints/scaled_offline.pth is used) to run this test")
 def test_cotracker_masks_on_sample_track(sample_track):
     from metrics.regions import CoTracker
 
