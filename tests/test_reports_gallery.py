@@ -51,14 +51,18 @@ PLAY_CHECK = """<script>
 (function () {
   var group = document.querySelector(".sample"), videos = Array.prototype.slice.call(group.querySelectorAll("video"));
   var out = document.createElement("pre"); out.id = "play-check"; document.body.appendChild(out);
-  var ready = 0;
+  var ready = 0, lead = videos[0];
+  function report() {
+    out.textContent = JSON.stringify(videos.map(function (v) { return [v.currentTime, v.duration, v.paused]; }));
+  }
   videos.forEach(function (v) {
     function go() {
       if (++ready < videos.length) { return; }
+      // Read every video's time once the lead has played for a while (media time, not the page's virtual clock).
+      lead.addEventListener("timeupdate", function once() {
+        if (lead.currentTime > 0.4) { lead.removeEventListener("timeupdate", once); report(); }
+      });
       group.querySelector(".play").click();
-      setTimeout(function () {  // virtual time: the videos have played for 1.2 s
-        out.textContent = JSON.stringify(videos.map(function (v) { return [v.currentTime, v.duration, v.paused]; }));
-      }, 1200);
     }
     if (v.readyState >= 2) { go(); } else { v.addEventListener("loadeddata", go); }
   });
@@ -160,12 +164,13 @@ def test_gallery_opens_from_disk_and_every_video_loads(gallery_results, tmp_path
 
     # Pressing Play on one sample plays all of its videos, together.
     check.write_text(html.replace("</body>", PLAY_CHECK + "</body>"))
-    played = json.loads(re.search(r'<pre id="play-check">([^<]*)</pre>', browse(exe, check, tmp_path, "--dump-dom")).group(1))
+    played = re.search(r'<pre id="play-check">([^<]*)</pre>', browse(exe, check, tmp_path, "--dump-dom")).group(1)
+    assert played, "after Play the first video never passed 0.4 s: the videos did not play"
+    played = json.loads(played)
     assert len(played) == 1 + len(METHODS) and not any(paused for _, _, paused in played), played
     lead, duration = played[0][0], played[0][1]
-    assert lead > 0.2, f"the videos did not play: {played}"
     gap = [min(abs(t - lead), duration - abs(t - lead)) for t, _, _ in played]  # they loop: compare around the circle
-    assert max(gap) < 0.15, played
+    assert max(gap) < 0.2, played  # under 1.5 frames at 7 fps; the page re-syncs drifts over 0.1 s
 
     # At 1400 px the page does not overflow: wide tables scroll in their boxes, and each sample's videos stay on one row.
     check.write_text(html.replace("</body>", LAYOUT_CHECK + "</body>"))
