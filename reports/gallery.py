@@ -1,7 +1,7 @@
 """`results_dir/index.html`: the report's tables and plots, then every sample's edits side by side.
 
 Per sample: the source video, the edited first frame and mask, and each method's edited video with its
-scores, all playing in sync. The page is static and uses relative paths only, so it opens from disk.
+scores (in the paper's column order, bookkeeping columns apart), all playing in sync. The page is static and uses relative paths only, so it opens from disk.
 The source, edited frame and mask are re-read through each run's own dataset config and written under
 `results_dir/gallery/<dataset>/<sample id>/` (browsers cannot play the lossless mkv sources).
 """
@@ -19,7 +19,8 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from data.video_io import write_image, write_video_viewable
 from harness.files import read_json, write_atomic
 from harness.results import RunDir, find_runs
-from reports.paper import COLUMN_BY_KEY, display_name
+from reports.columns import header, is_diagnostic, metric_order
+from reports.paper import display_name
 
 log = logging.getLogger("report")
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -32,9 +33,10 @@ class Edit:
     label: str
     video: str | None  # path relative to results_dir
     status: str
-    scores: list[tuple[str, str]]  # (header with arrow, value as shown)
+    scores: list[tuple[str, str]]  # (header with arrow, value as shown), metrics then costs
     tiny: bool
     error: str | None = None
+    diagnostics: list[tuple[str, str]] = field(default_factory=list)  # bookkeeping columns (name, value)
 
 
 @dataclass
@@ -49,17 +51,16 @@ class SampleView:
     edits: list[Edit] = field(default_factory=list)
 
 
-def _score_items(scores: dict[str, float], columns: dict[str, dict]) -> list[tuple[str, str]]:
-    items = []
-    for name, v in scores.items():
-        col = COLUMN_BY_KEY.get(name)
-        info = columns.get(name, {})
-        if info.get("percent"):
-            v = v * 100
-        higher = info.get("higher_is_better", None if col is None else col.higher_is_better)
-        arrow = "" if higher is None else (" ↑" if higher else " ↓")
-        items.append(((col.header if col else name) + arrow, "NaN" if math.isnan(v) else f"{v:.2f}"))
-    return items
+def _score_items(scores: dict[str, float], columns: dict[str, dict]) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """The metrics in the paper's column order with ↑/↓ (×100 where the column says so), and the bookkeeping columns."""
+
+    def shown(name: str) -> str:
+        v = scores[name] * (100 if columns.get(name, {}).get("percent") else 1)
+        return "NaN" if math.isnan(v) else f"{v:.2f}"
+
+    metrics = [(header(n, columns), shown(n)) for n in metric_order(scores, columns)]
+    diagnostics = [(n, shown(n)) for n in sorted(scores) if is_diagnostic(n, columns)]
+    return metrics, diagnostics
 
 
 @dataclass
@@ -140,9 +141,10 @@ def collect_samples(results_dir: Path, max_samples: int | None = None) -> tuple[
                 if row is None:
                     continue
                 mp4 = run.dir.sample_dir(sid) / "edited.mp4"
-                scores = _score_items(row.scores, run.summary.get("columns", {}))
+                columns = run.summary.get("columns", {})
+                scores, diagnostics = _score_items(row.scores, columns)
                 if not math.isnan(row.costs.seconds):
-                    scores.append(("seconds ↓", f"{row.costs.seconds:.1f}"))
+                    scores.append((header("seconds_per_edit", columns), f"{row.costs.seconds:.1f}"))
                 view.edits.append(Edit(
                     label=f"{display_name(run.info['method'])} · {run.info['models']}",
                     video=_rel(mp4, results_dir) if mp4.exists() else None,
@@ -150,6 +152,7 @@ def collect_samples(results_dir: Path, max_samples: int | None = None) -> tuple[
                     scores=scores,
                     tiny=bool(run.summary.get("tiny", run.info.get("tiny_models", False))),
                     error=(row.error or "").splitlines()[0] if row.error else None,
+                    diagnostics=diagnostics,
                 ))
             views.append(view)
     return views, left_out

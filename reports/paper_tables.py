@@ -2,22 +2,32 @@
 
 Each of Tables 2, 3 and 5 lists, per method in the paper's order, the paper's row, then every measured
 row of that method (one per configured dataset × models) followed by its difference to the paper.
-Measured methods the paper's table lacks follow at the end. Rows computed with tiny models are marked
-as not comparable. Table 4 gives each method's execution time as a multiple of Videoshop's measured time
-beside the paper's multiples and human-preference numbers.
+Measured methods the paper's table lacks follow at the end. Rows computed with tiny models, or on another
+dataset than the paper's (`COMPARABLE_DATASET`), are marked as not comparable, and so are their Δ rows.
+Table 4 gives each method's execution time as a multiple of Videoshop's measured time beside the paper's
+multiples and human-preference numbers.
 """
 from __future__ import annotations
 
+import html
 import math
 from dataclasses import dataclass, field
 
 import pandas as pd
 
-from reports.paper import COLUMNS, TABLES, display_name, paper_rows, paper_table4
+from reports.paper import COLUMNS, COMPARABLE_DATASET, TABLES, display_name, paper_rows, paper_table4
 
 TIME_HEADER = "Time (× Videoshop)"
 TIME_GROUP = "Efficiency (Table 4)"
 LATEX_SYMBOLS = {"↑": r"$\uparrow$", "↓": r"$\downarrow$", "Δ": r"$\Delta$", "−": "-", "—": "--", "×": r"$\times$"}
+ROW_CLASS = {"paper": "paper", "measured": "measured", "Δ": "delta"}
+
+
+def latex_symbols(tex: str) -> str:
+    """The report's non-ASCII symbols as pdflatex understands them."""
+    for char, cmd in LATEX_SYMBOLS.items():
+        tex = tex.replace(char, cmd)
+    return tex
 
 
 @dataclass
@@ -62,7 +72,7 @@ class Layout:
 
     key: str
     title: str
-    frame: pd.DataFrame  # columns: method, row, dataset, models, tiny, note, <metric keys>
+    frame: pd.DataFrame  # columns: method, kind, row, dataset, models, tiny, comparable, note, <metric keys>
     metrics: list[tuple[str, str, str]]  # (key, group, header with arrow)
     dash: set[str] = field(default_factory=set)  # columns where a missing value prints "—" (not printed), not NaN
     measured: set[str] = field(default_factory=set)  # metrics the results have; others print "—" in measured rows
@@ -91,12 +101,30 @@ class Layout:
     def latex(self) -> str:
         """LaTeX that compiles with pdflatex and booktabs: special characters escaped, symbols in math mode."""
         tex = self.formatted().to_latex(index=False, multicolumn=True, multicolumn_format="c", caption=self.title, escape=True)
-        for char, cmd in LATEX_SYMBOLS.items():
-            tex = tex.replace(char, cmd)
-        return tex
+        return latex_symbols(tex)
 
     def html(self) -> str:
-        return self.formatted().to_html(index=False, classes="paper", na_rep="", border=0)
+        """A table with the metric groups centred over their columns, a rule between groups, and each row's
+        kind (paper, measured, Δ; `nc` when not comparable) as its class, for the gallery's styling."""
+        shown = self.formatted()
+        cols = list(shown.columns)
+        starts = {i for i, (g, _) in enumerate(cols) if i > 0 and g != cols[i - 1][0]}
+        sep = lambda i: ' class="g"' if i in starts else ""  # noqa: E731
+        groups, i = [], 0
+        while i < len(cols):
+            j = i
+            while j + 1 < len(cols) and cols[j + 1][0] == cols[i][0]:
+                j += 1
+            groups.append(f'<th colspan="{j - i + 1}"{sep(i)}>{html.escape(cols[i][0])}</th>')
+            i = j + 1
+        head = "".join(f"<th{sep(i)}>{html.escape(h)}</th>" for i, (_, h) in enumerate(cols))
+        body = []
+        for (_, r), values in zip(self.frame.iterrows(), shown.itertuples(index=False)):
+            cls = ROW_CLASS.get(r["kind"], "") + ("" if r.get("comparable", True) else " nc")
+            cells = "".join(f"<td{sep(i)}>{html.escape(str(v))}</td>" for i, v in enumerate(values))
+            body.append(f'<tr class="{cls.strip()}">{cells}</tr>')
+        return (f'<table class="paper"><thead><tr class="groups">{"".join(groups)}</tr><tr>{head}</tr></thead>'
+                f'<tbody>{"".join(body)}</tbody></table>')
 
 
 def _fmt(v, signed: bool = False, missing: str = "NaN") -> str:
@@ -115,15 +143,31 @@ def time_multiples(table: pd.DataFrame, reference: str = "videoshop") -> pd.Seri
     return table["seconds_per_edit"] / pd.Series(denom, index=table.index, dtype=float)
 
 
-def _note(row: pd.Series) -> str:
-    parts = []
+def _why_not_comparable(row: pd.Series, key: str) -> list[str]:
+    """Why a measured row cannot be compared with paper table `key`'s rows: tiny models, another dataset."""
+    why = []
     if row.get("tiny"):
-        parts.append("tiny models: not comparable")
+        why.append("tiny models: not comparable")
+    if row["dataset"] != COMPARABLE_DATASET[key]:
+        why.append("other dataset: not comparable")
+    return why
+
+
+def _note(row: pd.Series, key: str) -> str:
+    parts = _why_not_comparable(row, key)
     if row.get("n_failed", 0):
         parts.append(f"{int(row['n_failed'])}/{int(row['n'])} failed (excluded)")
     if row.get("n_nan", 0):
         parts.append(f"{int(row['n_nan'])}/{int(row['n'])} NaN")
     return "; ".join(parts)
+
+
+def _delta_row(where: str, row: pd.Series, key: str) -> tuple[str, str]:
+    """The Δ row's label and note: marked as no comparison when the measured row is not comparable."""
+    why = _why_not_comparable(row, key)
+    if why:
+        return f"Δ {where} − paper (no comparison)", "; ".join(why)
+    return f"Δ {where} − paper", ""
 
 
 def _measured(table: pd.DataFrame, key: str, cfg: LayoutConfig) -> pd.DataFrame:
@@ -151,9 +195,11 @@ def paper_layout(key: str, table: pd.DataFrame, cfg: LayoutConfig) -> Layout:
 
     rows = []
 
-    def add(method, kind, row, values, dataset="", models="", tiny=False, note=""):
-        rows.append({"method": method, "kind": kind, "row": row, "dataset": dataset, "models": models, "tiny": tiny,
-                     "note": note, **values})
+    def add(method, kind, row, values, m=None, note=""):
+        rows.append({"method": method, "kind": kind, "row": row, "note": note,
+                     "dataset": "" if m is None else m["dataset"], "models": "" if m is None else m["models"],
+                     "tiny": False if m is None else bool(m["tiny"]),
+                     "comparable": m is None or not _why_not_comparable(m, key), **values})
 
     for method, p in paper.iterrows():
         pvals = {k: float(p[k]) for k in keys}
@@ -165,19 +211,24 @@ def paper_layout(key: str, table: pd.DataFrame, cfg: LayoutConfig) -> Layout:
             mvals = {k: float(m.get(k, math.nan)) for k in keys + ["time_x"]}
             where = f"{m['dataset']}/{m['models']}"
             label = f"measured {where}" + ("" if m["method"] == method else f" ({m['method']})")
-            add(method, "measured", f"{label} n={int(m['n'])}", mvals, m["dataset"], m["models"], bool(m["tiny"]), _note(m))
-            add(method, "Δ", f"Δ {where} − paper", {k: mvals[k] - pvals[k] for k in mvals}, m["dataset"], m["models"],
-                bool(m["tiny"]), "not comparable" if m["tiny"] else "")
+            add(method, "measured", f"{label} n={int(m['n'])}", mvals, m, _note(m, key))
+            delta = {k: mvals[k] - pvals[k] for k in mvals}
+            if method == cfg.time_reference:  # its time is 1 by definition: no difference to show
+                delta["time_x"] = math.nan
+            label, note = _delta_row(where, m, key)
+            add(method, "Δ", label, delta, m, note)
     if not measured.empty and cfg.other_methods.get(key, True):
         for _, m in measured[~measured["paper_method"].isin(paper.index)].iterrows():
             mvals = {k: float(m.get(k, math.nan)) for k in keys + ["time_x"]}
             add(m["method"], "measured", f"measured {m['dataset']}/{m['models']} n={int(m['n'])} (not in the paper)", mvals,
-                m["dataset"], m["models"], bool(m["tiny"]), _note(m))
+                m, _note(m, key))
     return Layout(f"table{key}", title, pd.DataFrame(rows), metrics, dash={"time_x"}, measured=set(table.columns))
 
 
 def table4_layout(table: pd.DataFrame, cfg: LayoutConfig) -> Layout:
-    """Table 4: the paper's preference and time multiples, and each measured time as a multiple of Videoshop's."""
+    """Table 4: the paper's preference and time multiples, and each measured time as a multiple of Videoshop's.
+
+    The reference method's own measured multiple is 1 by definition, so it gets no Δ row."""
     t4 = paper_table4()
     rows = []
     measured = _measured(table, "4", cfg)
@@ -191,7 +242,12 @@ def table4_layout(table: pd.DataFrame, cfg: LayoutConfig) -> Layout:
     def add(method, kind, row, values, m=None, note=""):
         rows.append({"method": method, "kind": kind, "row": row, "note": note,
                      "dataset": "" if m is None else m["dataset"], "models": "" if m is None else m["models"],
-                     "tiny": False if m is None else bool(m["tiny"]), **values})
+                     "tiny": False if m is None else bool(m["tiny"]),
+                     "comparable": m is None or not _why_not_comparable(m, "4"), **values})
+
+    def times(m):
+        return {"editing_pref": math.nan, "video_pref": math.nan, "time_x": float(m["time_x"]),
+                "seconds": float(m.get("seconds_per_edit", math.nan))}
 
     methods = ["videoshop"] + [b for b in t4.index if b != "average"]
     for method in methods:
@@ -205,12 +261,13 @@ def table4_layout(table: pd.DataFrame, cfg: LayoutConfig) -> Layout:
         if measured.empty:
             continue
         for _, m in measured[measured["paper_method"] == method].iterrows():
-            vals = {"editing_pref": math.nan, "video_pref": math.nan, "time_x": float(m["time_x"]),
-                    "seconds": float(m.get("seconds_per_edit", math.nan))}
-            add(method, "measured", f"measured {m['dataset']}/{m['models']}" + ("" if m["method"] == method else f" ({m['method']})"),
-                vals, m, _note(m))
-            add(method, "Δ", f"Δ {m['dataset']}/{m['models']} − paper", {k: vals[k] - paper[k] for k in vals}, m,
-                "not comparable" if m["tiny"] else "")
+            where = f"{m['dataset']}/{m['models']}"
+            vals = times(m)
+            add(method, "measured", f"measured {where}" + ("" if m["method"] == method else f" ({m['method']})") + f" n={int(m['n'])}",
+                vals, m, _note(m, "4"))
+            if method != cfg.time_reference:
+                label, note = _delta_row(where, m, "4")
+                add(method, "Δ", label, {k: vals[k] - paper[k] for k in vals}, m, note)
     avg = t4.loc["average"] if "average" in t4.index else None
     if avg is not None:
         add("average", "paper", "paper (MagicBrush dev)", {
@@ -218,9 +275,8 @@ def table4_layout(table: pd.DataFrame, cfg: LayoutConfig) -> Layout:
             "time_x": float(avg["time_multiple_of_videoshop"]), "seconds": math.nan})
     if not measured.empty:
         for _, m in measured[~measured["paper_method"].isin(methods)].iterrows():
-            add(m["method"], "measured", f"measured {m['dataset']}/{m['models']} (not in the paper)",
-                {"editing_pref": math.nan, "video_pref": math.nan, "time_x": float(m["time_x"]),
-                 "seconds": float(m.get("seconds_per_edit", math.nan))}, m, _note(m))
+            add(m["method"], "measured", f"measured {m['dataset']}/{m['models']} n={int(m['n'])} (not in the paper)", times(m), m,
+                _note(m, "4"))
     return Layout("table4", "Table 4: human preference and execution time (× Videoshop)", pd.DataFrame(rows), metrics,
                   dash={k for k, _, _ in metrics})
 

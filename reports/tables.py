@@ -3,7 +3,9 @@ plus the paper's layouts (`paper/`), plots (`plots/`) and the gallery (`index.ht
 
 Values are means over a run's finished samples (NaN propagates, as in the paper's Table 5), and
 set-level metrics (FVD) come from the run's summary. CLIP, TIFA and SSIM columns are ×100 as the paper
-prints them; each metric says so itself in the run's recorded column info.
+prints them; each metric says so itself in the run's recorded column info. Columns run: ids, metrics
+in the paper's order, costs, then the bookkeeping columns (region tracker, skipped frames, FVD's set
+size), which the printed tables show apart as diagnostics.
 """
 from __future__ import annotations
 
@@ -16,15 +18,10 @@ import pandas as pd
 
 from harness.files import read_json, write_atomic
 from harness.results import find_runs
-from reports.paper_tables import Layout, LayoutConfig, all_layouts, time_multiples
+from reports.columns import COST_COLUMNS, ID_COLUMNS, header, is_diagnostic, metric_order
+from reports.paper_tables import Layout, LayoutConfig, all_layouts, latex_symbols, time_multiples
 
 log = logging.getLogger("report")
-
-#: The paper's column order (../shared/data/paper_tables.csv); other metrics follow, then the costs.
-PAPER_COLUMNS = ["clip_tgt", "clip_tgt_plus", "tifa", "clip_src", "clip_src_plus", "flow", "flow_plus", "fvd", "ssim", "clip_tc"]
-ID_COLUMNS = ["dataset", "method", "models", "tiny", "n", "n_failed", "n_nan"]
-COST_COLUMNS = ["seconds_per_edit", "nfe", "peak_mem_mb"]
-
 
 def collect(results_dir: str | Path) -> tuple[pd.DataFrame, dict[str, dict]]:
     """One row per run, recomputed from the per-sample rows; plus every metric's column info."""
@@ -53,15 +50,35 @@ def collect(results_dir: str | Path) -> tuple[pd.DataFrame, dict[str, dict]]:
 
 
 def build_table(results_dir: str | Path) -> pd.DataFrame:
-    df, columns = collect(results_dir)
+    """The table of every run: ids, metrics in the paper's order, costs, then bookkeeping (diagnostic) columns."""
+    return shape_table(*collect(results_dir))
+
+
+def shape_table(df: pd.DataFrame, columns: dict[str, dict]) -> pd.DataFrame:
+    """×100 where a column says so, and the columns in the order ids, metrics, costs, diagnostics."""
     if df.empty:
         return df
+    df = df.copy()
     for name, col in columns.items():
         if col.get("percent") and name in df:
             df[name] = df[name] * 100
-    metric_cols = [c for c in PAPER_COLUMNS if c in df] + sorted(c for c in df if c not in PAPER_COLUMNS + ID_COLUMNS + COST_COLUMNS)
-    df = df[ID_COLUMNS + metric_cols + [c for c in COST_COLUMNS if c in df]]
+    rest = [c for c in df if c not in ID_COLUMNS]
+    costs = [c for c in COST_COLUMNS if c in df]
+    diagnostics = sorted(c for c in rest if is_diagnostic(c, columns))
+    df = df[ID_COLUMNS + metric_order(rest, columns) + costs + diagnostics]
     return df.sort_values(["dataset", "models", "method"]).reset_index(drop=True)
+
+
+def shown_tables(df: pd.DataFrame, columns: dict[str, dict]) -> list[tuple[str, pd.DataFrame]]:
+    """The table as printed, in two parts: metrics and costs (headers with ↑/↓), and the bookkeeping columns."""
+    shown = df.copy()
+    shown["tiny"] = shown["tiny"].map({True: "tiny (not comparable)", False: ""})
+    diagnostics = [c for c in df if is_diagnostic(c, columns)]
+    main = shown[[c for c in shown if c not in diagnostics]]
+    parts = [("All results", main.rename(columns=lambda c: c if c in ID_COLUMNS else header(c, columns)))]
+    if diagnostics:
+        parts.append(("Diagnostics (bookkeeping, not metrics)", shown[["dataset", "method", "models", *diagnostics]]))
+    return parts
 
 
 def write_layouts(out_dir: Path, layouts: list[Layout]) -> None:
@@ -85,24 +102,28 @@ def write_report(results_dir: str | Path, report_cfg=None) -> pd.DataFrame:
     results_dir = Path(results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
     cfg = LayoutConfig.from_config(report_cfg)
-    df = build_table(results_dir)
+    raw, columns = collect(results_dir)
+    df = shape_table(raw, columns)
     tables_html = []
     if df.empty:
         log.warning("no runs under %s: the paper's tables show the paper's rows only", results_dir)
     else:
-        df[f"time_x_{cfg.time_reference}"] = time_multiples(df, cfg.time_reference)
-        shown = df.copy()
-        shown["tiny"] = shown["tiny"].map({True: "tiny (not comparable)", False: ""})
+        time_col = f"time_x_{cfg.time_reference}"
+        df.insert(df.columns.get_loc("seconds_per_edit") + 1, time_col, time_multiples(df, cfg.time_reference))
         write_atomic(results_dir / "table.csv", df.to_csv(index=False, float_format="%.4f"))
-        md = shown.to_markdown(index=False, floatfmt=".2f")
+        parts = shown_tables(df, columns)
+        md = "\n\n".join(f"### {title}\n\n" + t.to_markdown(index=False, floatfmt=".2f") for title, t in parts)
         write_atomic(results_dir / "table.md", md + "\n")
-        write_atomic(results_dir / "table.tex", shown.to_latex(index=False, float_format="%.2f", na_rep="NaN"))
+        tex = "\n".join(latex_symbols(t.to_latex(index=False, float_format="%.2f", na_rep="NaN", escape=True, caption=title))
+                        for title, t in parts)
+        write_atomic(results_dir / "table.tex", tex)
         print(md)
-        tables_html.append(("All results", shown.to_html(index=False, classes="results", float_format="%.2f", na_rep="NaN", border=0)))
+        tables_html += [(title, t.to_html(index=False, classes="results", float_format="%.2f", na_rep="NaN", border=0))
+                        for title, t in parts]
     layouts = all_layouts(df, cfg)
     write_layouts(results_dir / "paper", layouts)
     tables_html += [(lay.title, lay.html()) for lay in layouts]
-    plots = write_plots(results_dir, df)
+    plots = write_plots(results_dir, df, columns)
     max_samples = None if report_cfg is None else report_cfg.get("gallery_max_samples")
     page = write_gallery(results_dir, tables_html, plots, max_samples)
     log.info("report: %s, %s, %d plots, %s", results_dir / "table.md", results_dir / "paper", len(plots), page)
