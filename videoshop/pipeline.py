@@ -79,10 +79,12 @@ class Videoshop(EditMethod):
         lap()
         if self.inversion == "bdia":
             start = bdia_invert(F_src, x0, sigmas, self.bdia_gamma)
+            lap()
+            self._check(start[0], "BDIA inversion")
         else:
             start = invert(F_src, x0, sigmas, mode=self.inversion, threshold=self.threshold, noise=self.noise, generator=g)
-        lap()
-        self._check(start[0] if self.inversion == "bdia" else start, "BDIA inversion" if self.inversion == "bdia" else "inversion")
+            lap()
+            self._check(start, "inversion")
 
         # 3. Generation: Euler from the inverted latent, conditioned on the edited frame, CFG with zero negatives.
         tgt = svd.condition(c, edited, T, min_guidance=self.guidance, max_guidance=self.guidance,
