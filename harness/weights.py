@@ -32,22 +32,28 @@ def hub_reachable(url: str | None = None, timeout: float = 3.0) -> bool:
         return False
 
 
+#: Files that mark a folder as a model: a diffusers pipeline (model_index.json) or a single model (config.json).
+MODEL_MARKERS = ("model_index.json", "config.json")
+
+
 def local_model_dir(repo_id: str, revision: str | None = None, root: str | os.PathLike | None = None,
-                    allow_patterns: list[str] | None = None) -> Path:
+                    allow_patterns: list[str] | None = None, markers: tuple[str, ...] = MODEL_MARKERS) -> Path:
     """A local folder with the model's files.
 
-    With `root`: `root/<repo name>` (or `root/<owner>/<repo name>`, or `root` itself if it is the model).
+    With `root`: `root/<repo name>` (or `root/<owner>/<repo name>`, or `root` itself if it is the model), the
+    first of them holding one of `markers` (pass `("model_index.json",)` for a diffusers pipeline).
     Without: the hub cache at `revision` (HF_HOME / HF_HUB_CACHE honoured), downloading it if the hub
-    can be reached and HF_HUB_OFFLINE is not set.
+    can be reached and HF_HUB_OFFLINE is not set. `snapshot_id(folder)` says which copy it is.
     """
     if root is not None:
         root = Path(root).expanduser()
         for cand in (root / repo_id.split("/")[-1], root / repo_id, root):
-            if cand.is_dir() and any(cand.glob("*.json")) or (cand / "model_index.json").exists():
+            if any((cand / m).is_file() for m in markers):
                 return cand
         raise MissingWeights(
-            f"{repo_id}: not found under models.root={root} (looked for {root / repo_id.split('/')[-1]}). "
-            "Put the model's files there, or run with models=tiny for offline random-weight smoke tests."
+            f"{repo_id}: not found under models.root={root} (looked for {' or '.join(markers)} in "
+            f"{root / repo_id.split('/')[-1]}). Put the model's files there, or run with models=tiny for offline "
+            "random-weight smoke tests."
         )
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
@@ -63,3 +69,12 @@ def local_model_dir(repo_id: str, revision: str | None = None, root: str | os.Pa
             f"{repo_id.split('/')[-1]}/), or run with models=tiny for offline random-weight smoke tests."
         )
     return Path(snapshot_download(repo_id, revision=revision, allow_patterns=allow_patterns))
+
+
+def snapshot_id(folder: str | os.PathLike) -> str:
+    """Which copy of a model `folder` is, for run records: the commit SHA when it is a Hugging Face cache
+    snapshot (`.../models--owner--name/snapshots/<sha>`), else the folder's absolute path (a `models.root` copy)."""
+    folder = Path(folder).expanduser().absolute()
+    if folder.parent.name == "snapshots" and folder.parent.parent.name.startswith("models--"):
+        return folder.name
+    return str(folder)

@@ -64,9 +64,9 @@ def test_release_defaults_cost_26_unet_calls_and_repeat_bit_for_bit(compose, sam
 
 
 def test_each_ablation_changes_the_output(compose, short):
-    base = _method(compose, "videoshop").edit(short, 42).frames
+    base = _method(compose, "videoshop", "method.num_frames=4").edit(short, 42).frames
     for name in ABLATIONS:
-        m = _method(compose, name)
+        m = _method(compose, name, "method.num_frames=4")
         out = m.edit(short, 42)
         assert out.frames.shape == short.source.shape
         assert not np.array_equal(out.frames, base), name
@@ -75,7 +75,8 @@ def test_each_ablation_changes_the_output(compose, short):
 
 def test_ablation_configs_flip_exactly_their_switch(compose):
     full = OmegaConf.to_container(compose("method=videoshop").method, resolve=True)
-    expected = {"videoshop_no_norm": {"norm": "none"}, "videoshop_no_rescale": {"rescale": False},
+    expected = {"videoshop_no_norm": {"norm": "none", "standardize_source_latents": False},
+                "videoshop_no_rescale": {"rescale": False},
                 "videoshop_no_extrapolation": {"inversion": "naive"}, "videoshop_no_threshold": {"threshold": None},
                 "bdia": {"inversion": "bdia"},
                 "videoshop_paper": {"norm": "channel", "noise": "fresh", "standardize_source_latents": False}}
@@ -89,9 +90,79 @@ def test_ablation_configs_flip_exactly_their_switch(compose):
                      "videoshop_no_threshold"]
 
 
+def test_every_switch_acts_on_its_own(compose, short):
+    """No switch is tied to another in code: under norm=none the source standardization still changes the edit."""
+    a, b = (_method(compose, "videoshop_no_norm", "method.num_frames=4", f"method.standardize_source_latents={v}")
+            for v in (True, False))
+    assert (a.norm, a.standardize_source_latents, b.standardize_source_latents) == ("none", True, False)
+    assert not np.array_equal(a.edit(short, 42).frames, b.edit(short, 42).frames)
+
+
+def test_clip_length_must_match_the_backbone(compose, short):
+    for name in ("videoshop", "svd_no_src"):
+        assert compose(f"method={name}").method.num_frames == 14
+        assert compose(f"method={name}", "models=svd_xt").method.num_frames == 25
+        with pytest.raises(ValueError, match=r"has 4 frames but the SVD backbone is set for 14 \(models.svd_backbone"):
+            _method(compose, name).edit(short, 42)
+
+
+def test_seconds_cover_the_sampling_loops_only(compose, short):
+    """Table 4: both methods time their UNet loops (inversion + generation, or generation), nothing else."""
+    out = _method(compose, "videoshop", "method.num_frames=4").edit(short, 42)
+    i = out.info
+    assert out.seconds == pytest.approx(i["invert_s"] + i["generate_s"])
+    parts = i["encode_s"] + i["condition_s"] + i["invert_s"] + i["generate_s"] + i["decode_s"]
+    assert i["total_s"] == pytest.approx(parts) and out.seconds < i["total_s"]
+    out = _method(compose, "svd_no_src", "method.steps=3", "method.num_frames=4").edit(short, 42)
+    i = out.info
+    assert out.seconds == i["generate_s"] and i["total_s"] == pytest.approx(i["condition_s"] + i["generate_s"] + i["decode_s"])
+
+
+def test_clip_sees_the_original_frame_resized_straight_to_224(compose, short):
+    """As the release: CLIP input = original image, bilinear antialiased resize to 224×224, CLIP mean/std
+    (torchvision's transforms as the reference), not the 576×1024 working frame."""
+    import torchvision.transforms.functional as TF
+
+    m = _method(compose, "videoshop", "method.num_frames=4")
+    seen = []
+    hook = m.svd.image_encoder.register_forward_pre_hook(lambda mod, args, kwargs: seen.append(
+        (kwargs.get("pixel_values") if "pixel_values" in kwargs else args[0]).clone()), with_kwargs=True)
+    try:
+        m.edit(short, 42)
+    finally:
+        hook.remove()
+    mean, std = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
+    for got, image in zip(seen, (short.source[0], short.edited_frame)):
+        x = torch.from_numpy(image).permute(2, 0, 1).float() / 255.0
+        ref = TF.normalize(TF.resize(x, [224, 224], interpolation=TF.InterpolationMode.BILINEAR, antialias=True), mean, std)
+        torch.testing.assert_close(got[0], ref, rtol=1e-5, atol=1e-5)
+    assert len(seen) == 2
+
+
+def test_fp16_vae_upcasts_for_the_image_latents_like_the_pipeline(compose):
+    """svd_no_src encodes its conditioning image in fp32 when an fp16 VAE sets force_upcast (diffusers does);
+    the VAE is left in fp16."""
+    from videoshop import svd
+
+    c = dataclasses.replace(load_svd(compose().models.svd_backbone, "cpu"))
+    vae32 = c.vae
+    c.vae = type(vae32).from_config(vae32.config).eval()
+    c.vae.load_state_dict(vae32.state_dict())
+    c.vae.half()
+    assert c.vae.config.force_upcast
+    x = torch.rand(1, 3, 64, 112, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    up = svd.encode(c, x, upcast=True)
+    assert c.vae.dtype == torch.float16
+    with torch.no_grad():
+        ref = c.vae.float().encode(x).latent_dist.mode()[None]
+    c.vae.half()
+    torch.testing.assert_close(up, ref, rtol=0, atol=0)
+    assert not torch.equal(svd.encode(c, x), up)  # without the upcast: fp16 arithmetic
+
+
 def test_no_threshold_raises_nonfinite_with_its_cost(compose, short):
     with pytest.raises(NonFiniteEdit) as e:
-        _method(compose, "videoshop_no_threshold").edit(short, 42)
+        _method(compose, "videoshop_no_threshold", "method.num_frames=4").edit(short, 42)
     assert e.value.nfe == 13  # stopped after the inversion
 
 
@@ -106,7 +177,7 @@ def test_no_threshold_row_is_nan_and_the_run_goes_on(compose, tmp_path):
 
 @pytest.mark.parametrize("steps", [3])
 def test_svd_no_src_equals_the_diffusers_pipeline(compose, sample, steps):
-    m = _method(compose, "svd_no_src", f"method.steps={steps}")
+    m = _method(compose, "svd_no_src", f"method.steps={steps}", "method.num_frames=4")
     assert isinstance(m, SVDNoSource)
     image = resize_frames(sample.edited_frame[None], m.size)[0]
     ours = m.latents(image, 4, seed=3)
@@ -153,3 +224,26 @@ def test_missing_real_weights_fail_fast_and_say_what_to_do(compose, tmp_path, mo
 def test_unknown_inversion_is_a_clear_error(compose):
     with pytest.raises(ValueError, match="inversion must be extrapolate, naive or bdia"):
         Videoshop("videoshop", backbone=compose().models.svd_backbone, inversion="ddim")
+
+
+def test_benchmark_builds_the_configured_editor_and_times_each_pass(compose, monkeypatch):
+    """The benchmark's editor is conf/method/videoshop.yaml's (settings and seed from the config, size and frames
+    from the flags); warm figures by default; UNet calls timed apart for the inversion (batch 1) and CFG (batch 2)."""
+    from videoshop import benchmark
+
+    seen = {}
+    monkeypatch.setattr(benchmark, "measure", lambda overrides, repeats: seen.update(o=overrides, r=repeats) or {})
+    benchmark.main(["--frames", "3", "--height", "64", "--width", "112", "--steps", "4", "--device", "cpu",
+                    "method.guidance=2.5"])
+    assert seen["r"] == 2
+    monkeypatch.undo()
+    tiny = OmegaConf.to_container(compose().models.svd_backbone, resolve=True)
+    r = benchmark.measure(seen["o"], architecture={k: tiny[k] for k in ("unet", "vae", "clip")})
+    full = OmegaConf.to_container(compose("method=videoshop").method, resolve=True)
+    expected = {k: v for k, v in full.items() if k not in ("backbone", "_target_", "device")}
+    expected.update(num_frames=3, height=64, width=112, steps=4, guidance=2.5)
+    assert r["method_config"] == expected and r["seed"] == 42
+    assert r["repeats"] == 2 and r["reported"].startswith("last")
+    assert r["unet_calls_inversion"] == r["unet_calls_generation"] == 2 and r["nfe"] == 4  # int(4·0.55) = 2 each
+    assert r["seconds_per_unet_call_inversion"] > 0 and r["seconds_per_unet_call_generation"] > 0
+    assert r["seconds_per_edit"] < r["total_edit_s"]

@@ -1,11 +1,16 @@
-"""Time one Videoshop edit at the paper's size with full-size, architecture-equal, random-weight SVD components.
+"""Time Videoshop edits at the paper's size with full-size, architecture-equal, random-weight SVD components.
 
     python -m videoshop.benchmark                       14 × 576×1024, 25 steps, strength 0.55 (fp16 on CUDA)
     python -m videoshop.benchmark --frames 2 --height 64 --width 128 --steps 4     a reduced CPU measurement
+    python -m videoshop.benchmark method.guidance=2     any other override of the composed config
 
-Prints seconds per edit (encode + inversion + generation, as the release times it), seconds per UNet call,
-VAE encode/decode seconds and peak memory. Random weights change no shape or operation count, so the timings
-stand for real SVD (the inputs are random too, so only speed, not output, is meaningful).
+The editor is built from the composed config (`method=videoshop models=svd` plus the overrides: settings, size,
+frame count and seed are the config's), with its backbone swapped for seeded random weights of SVD's full
+architecture. `--repeats` edits run on random inputs; the first warms up (kernel selection, allocator) and the
+last is reported. Prints seconds per edit (the inversion + generation loops, as the release times it and as the
+harness records `seconds`), the whole edit, seconds per UNet call for the inversion (batch 1) and the CFG
+generation (batch 2), VAE encode/decode seconds and peak memory. Random weights change no shape or operation
+count, so the timings stand for real SVD (only speed, not output, is meaningful).
 """
 from __future__ import annotations
 
@@ -19,60 +24,95 @@ import torch
 
 from harness.types import EditSample
 from videoshop.models import SVD_FULL
-from videoshop.pipeline import Videoshop
 
 
-def measure(frames: int, height: int, width: int, steps: int, strength: float, device: str, repeats: int = 1) -> dict:
-    backbone = {"tiny": True, "seed": 0, "dtype": "auto", **SVD_FULL}
+def compose_config(overrides: list[str]):
+    """The harness config for `method=videoshop models=svd` plus `overrides`, as run.py composes it."""
+    from hydra import compose, initialize_config_dir
+
+    import run
+
+    with initialize_config_dir(config_dir=str(run.REPO_ROOT / "conf"), version_base="1.3"):
+        return compose("config", overrides=["method=videoshop", "models=svd", *overrides])
+
+
+def measure(overrides: list[str] = (), repeats: int = 2, architecture: dict | None = None) -> dict:
+    """Build the configured editor on random SVD weights (`architecture`: unet/vae/clip configs, default SVD's full
+    size, `SVD_FULL`), run `repeats` edits, and return the last one's timings."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from harness.runner import resolve_device
+
+    cfg = compose_config(list(overrides))
+    device = resolve_device(cfg.device)
+    entry = OmegaConf.to_container(cfg.models.svd_backbone, resolve=True)
+    backbone = {"tiny": True, "seed": 0, "dtype": entry["dtype"], "num_frames": entry["num_frames"],
+                "torch_threads": entry.get("torch_threads"), **(architecture or SVD_FULL)}
     t0 = time.perf_counter()
-    method = Videoshop("videoshop", backbone, device=device, height=height, width=width, steps=steps, strength=strength)
+    method = instantiate(cfg.method, backbone=backbone, device=device)
     load_s = time.perf_counter() - t0
+    (height, width), frames = method.size, method.num_frames
     rng = np.random.default_rng(0)
     source = rng.integers(0, 256, (frames, height, width, 3), dtype=np.uint8)
     sample = EditSample("benchmark", source, rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
-    calls: list[float] = []
-    counter, forward = method.svd.counter, method.svd.counter.forward
+    c = method.svd
+    calls: dict[int, list[float]] = {}
+    forward = c.counter.forward
 
     def timed(*args, **kwargs):
-        method._sync()
+        """The counter's forward, timed per call and filed by batch size (1: inversion, 2: CFG generation)."""
+        if c.device.type == "cuda":
+            torch.cuda.synchronize()
         t = time.perf_counter()
         out = forward(*args, **kwargs)
-        method._sync()
-        calls.append(time.perf_counter() - t)
+        if c.device.type == "cuda":
+            torch.cuda.synchronize()
+        calls.setdefault(int(args[0].shape[0]), []).append(time.perf_counter() - t)
         return out
 
-    counter.forward = timed
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
+    c.counter.forward = timed
+    cuda = c.device.type == "cuda"
     runs = []
-    for _ in range(repeats):
+    for _ in range(max(1, repeats)):
         calls.clear()
-        out = method.edit(sample, 42)
-        runs.append(out)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        runs.append(method.edit(sample, int(cfg.seed)))
     out = runs[-1]
-    peak = (torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda")
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    per_call = lambda b: float(np.mean(calls[b])) if calls.get(b) else None  # noqa: E731
     return {
-        "device": torch.cuda.get_device_name() if device.startswith("cuda") else f"cpu ({torch.get_num_threads()} threads)",
-        "dtype": str(method.svd.dtype), "frames": frames, "height": height, "width": width, "steps": steps,
-        "strength": strength, "nfe": out.nfe, "load_s": load_s,
-        "seconds_per_edit": out.seconds, "seconds_per_unet_call": float(np.mean(calls)),
-        "vae_encode_s": out.info["encode_s"], "vae_decode_s": out.info["decode_s"],
-        "peak_mem_mb": peak, "peak_mem_kind": "cuda max allocated" if device.startswith("cuda") else "process max RSS",
+        "device": torch.cuda.get_device_name(c.device) if cuda else f"cpu ({torch.get_num_threads()} threads)",
+        "dtype": str(c.dtype), "frames": frames, "height": height, "width": width, "seed": int(cfg.seed),
+        "method_config": {k: v for k, v in OmegaConf.to_container(cfg.method, resolve=True).items()
+                          if k not in ("backbone", "_target_", "device")},
+        "nfe": out.nfe, "load_s": load_s,
+        "repeats": len(runs), "reported": "last (warm)" if len(runs) > 1 else "only (cold: includes warm-up)",
+        "seconds_per_edit": out.seconds, "first_edit_seconds": runs[0].seconds, "total_edit_s": out.info["total_s"],
+        "seconds_per_unet_call_inversion": per_call(1), "unet_calls_inversion": len(calls.get(1, [])),
+        "seconds_per_unet_call_generation": per_call(2), "unet_calls_generation": len(calls.get(2, [])),
+        "vae_encode_s": out.info["encode_s"], "condition_s": out.info["condition_s"], "vae_decode_s": out.info["decode_s"],
+        "peak_mem_mb": peak, "peak_mem_kind": "cuda max allocated (last edit)" if cuda else "process max RSS",
     }
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """Parse the command line, measure, print the figures as JSON and return them."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--frames", type=int, default=14)
-    p.add_argument("--height", type=int, default=576)
-    p.add_argument("--width", type=int, default=1024)
-    p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--strength", type=float, default=0.55)
-    p.add_argument("--repeats", type=int, default=1, help="edits to run; the last one is reported (the first warms up)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--frames", type=int, help="frames of the random clip (default: models.svd_backbone.num_frames)")
+    p.add_argument("--height", type=int, help="working height (default: the config's, 576)")
+    p.add_argument("--width", type=int, help="working width (default: the config's, 1024)")
+    p.add_argument("--steps", type=int, help="Euler steps of the full schedule (default: the config's, 25)")
+    p.add_argument("--strength", type=float, help="fraction of the schedule used (default: the config's, 0.55)")
+    p.add_argument("--repeats", type=int, default=2, help="edits to run; the first warms up, the last is reported")
+    p.add_argument("--device", help="cpu | cuda (default: the config's device, auto)")
+    p.add_argument("overrides", nargs="*", help="further config overrides, e.g. method.guidance=2")
     a = p.parse_args(argv)
-    result = measure(a.frames, a.height, a.width, a.steps, a.strength, a.device, a.repeats)
+    flags = {"method.num_frames": a.frames, "method.height": a.height, "method.width": a.width,
+             "method.steps": a.steps, "method.strength": a.strength, "device": a.device}
+    overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + list(a.overrides)
+    result = measure(overrides, a.repeats)
     print(json.dumps(result, indent=2))
     return result
 

@@ -23,7 +23,6 @@ import torch
 from reports.paper import paper_linearity
 
 
-
 def cosine_matrix(states: list[torch.Tensor]) -> np.ndarray:
     """Cosine similarity of every pair of displacements (x_t − x₀), x₀ = states[-1]; one row per noisy state."""
     d = torch.stack([(s - states[-1]).flatten().double() for s in states[:-1]])
@@ -40,6 +39,7 @@ def summary(m: np.ndarray) -> dict[str, float]:
 
 
 def plot(m: np.ndarray, path: Path, title: str) -> None:
+    """Save the cosine matrix as a heat map (rows and columns: denoising steps) to `path`."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -70,7 +70,7 @@ def analyze(cfg) -> dict:
         sample = dataset.load(sid)
         states: list[torch.Tensor] = []
         image = resize_frames(sample.source[:1], method.size)[0]
-        method.latents(image, sample.num_frames, int(cfg.seed), trajectory=states)
+        method.latents(image, method.num_frames, int(cfg.seed), trajectory=states)  # the backbone's clip length
         mats.append(cosine_matrix(states))
     mean = np.mean(mats, axis=0)
     out = Path(cfg.results_dir) / "linearity" / f"{cfg.dataset.name}_{cfg.models.name}"
@@ -88,6 +88,7 @@ def analyze(cfg) -> dict:
 
 
 def main(argv: list[str]) -> dict:
+    """Compose `method=svd_no_src` plus the command-line overrides, analyze, and print the figures beside the paper's."""
     from hydra import compose, initialize_config_dir
 
     import run

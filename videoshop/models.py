@@ -4,10 +4,14 @@
 the process-wide cache, so a multirun loads SVD once. The entry (`models.svd_backbone`) is either
 
 * real: `{repo_id, revision, root?, dtype}`: a local folder from `harness.weights.local_model_dir`, then each
-  component's own `from_pretrained(folder, subfolder=...)`, fp16 on CUDA; or
+  component's own `from_pretrained(folder, subfolder=...)`, fp16 on CUDA; the copy used (hub commit or folder)
+  is `SVDComponents.weights_revision`; or
 * tiny: `{tiny: true, seed, unet, vae, clip}`: the same classes built from the given configs with seeded random
   weights: small ones in `models=tiny` (VAE with four down blocks like SVD's, so latents are 1/8 of the frame)
   for offline smoke runs and tests; full-size ones (`SVD_FULL`) in the benchmark.
+
+Either entry may set `torch_threads` (intra-op CPU threads, applied whenever the components are requested;
+null = torch's default) and carries `num_frames`, the clip length the backbone is trained for (read by the methods).
 """
 from __future__ import annotations
 
@@ -76,6 +80,8 @@ class SVDComponents:
     device: torch.device
     dtype: torch.dtype
     tiny: bool = False
+    #: which weights: the hub commit SHA or the local folder they were loaded from; None for random weights
+    weights_revision: str | None = None
     counter: CountingUNet = field(init=False)
 
     def __post_init__(self):
@@ -83,6 +89,7 @@ class SVDComponents:
 
     @property
     def nfe(self) -> int:
+        """UNet forward calls since the counter was last reset."""
         return self.counter.calls
 
     def new_scheduler(self) -> EulerDiscreteScheduler:
@@ -108,10 +115,12 @@ class SVDComponents:
 
 
 def _plain(entry: Any) -> dict[str, Any]:
+    """A resolved plain-dict copy of a config entry."""
     return OmegaConf.to_container(entry, resolve=True) if isinstance(entry, DictConfig) else dict(entry)
 
 
 def _dtype(entry: dict[str, Any], device: torch.device) -> torch.dtype:
+    """The entry's dtype; `auto` = fp16 on CUDA (SVD's released fp16 weights), fp32 elsewhere (CPU fp16 is slow)."""
     name = entry.get("dtype", "auto")
     if name == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
@@ -133,14 +142,17 @@ def build_random(unet: dict, vae: dict, clip: dict, seed: int = 0) -> dict[str, 
 
 
 def _tiny(entry: dict[str, Any]) -> dict[str, Any]:
+    """The tiny random components of a `tiny: true` entry."""
     return build_random(entry["unet"], entry["vae"], entry["clip"], seed=int(entry.get("seed", 0)))
 
 
 def _real(entry: dict[str, Any], dtype: torch.dtype) -> dict[str, Any]:
-    from harness.weights import local_model_dir
+    """Real components from the hub cache or `root` (a diffusers pipeline folder), each with its own
+    `from_pretrained`; fp16 loads the repo's `variant` files. `weights_revision` records which copy it was."""
+    from harness.weights import local_model_dir, snapshot_id
 
     folder = local_model_dir(entry["repo_id"], entry.get("revision"), entry.get("root"),
-                             allow_patterns=entry.get("allow_patterns"))
+                             allow_patterns=entry.get("allow_patterns"), markers=("model_index.json",))
     variant = entry.get("variant") if dtype == torch.float16 else None
     kw = dict(torch_dtype=dtype)
     return dict(
@@ -149,13 +161,20 @@ def _real(entry: dict[str, Any], dtype: torch.dtype) -> dict[str, Any]:
         image_encoder=CLIPVisionModelWithProjection.from_pretrained(folder, subfolder="image_encoder", variant=variant, **kw),
         feature_extractor=CLIPImageProcessor.from_pretrained(folder, subfolder="feature_extractor"),
         scheduler=EulerDiscreteScheduler.from_pretrained(folder, subfolder="scheduler"),
+        weights_revision=snapshot_id(folder),
     )
 
 
 def load_svd(entry: Any, device: str | torch.device = "cpu") -> SVDComponents:
-    """SVD components for a `models.svd_backbone`-style entry, loaded once per process and device."""
+    """SVD components for a `models.svd_backbone`-style entry, loaded once per process and device.
+
+    `torch_threads` (when set) is applied on every call, cached or not, and is no part of the cache key.
+    """
     entry = _plain(entry)
     device = torch.device(device)
+    threads = entry.pop("torch_threads", None)
+    if threads is not None:
+        torch.set_num_threads(int(threads))
 
     def factory() -> SVDComponents:
         dtype = _dtype(entry, device)

@@ -27,15 +27,16 @@ class Videoshop(EditMethod):
     """Videoshop and its ablations (`norm`, `rescale`, `inversion`, `threshold`, `noise`) on one SVD backbone."""
 
     def __init__(self, name: str, backbone, device: str = "cpu", height: int = 576, width: int = 1024,
-                 steps: int = 25, strength: float = 0.55, guidance: float = 4.0, noise_aug: float = 0.2,
-                 fps: int = 7, motion_bucket_id: int = 127, norm: str = "frame", rescale: bool = True,
-                 inversion: str = "extrapolate", threshold: float | None = 1.0, noise: str = "fixed",
-                 standardize_source_latents: bool = True, bdia_gamma: float = 0.94):
+                 num_frames: int = 14, steps: int = 25, strength: float = 0.55, guidance: float = 4.0,
+                 noise_aug: float = 0.2, fps: int = 7, motion_bucket_id: int = 127, norm: str = "frame",
+                 rescale: bool = True, inversion: str = "extrapolate", threshold: float | None = 1.0,
+                 noise: str = "fixed", standardize_source_latents: bool = True, bdia_gamma: float = 0.94):
         super().__init__(name, device)
         if inversion not in ("extrapolate", "naive", "bdia"):
             raise ValueError(f"{name}: inversion must be extrapolate, naive or bdia, got {inversion!r}")
         self.svd = load_svd(backbone, device)
-        self.size = (int(height), int(width))
+        self.weights_revision = self.svd.weights_revision
+        self.size, self.num_frames = (int(height), int(width)), int(num_frames)
         self.steps, self.strength, self.guidance = int(steps), float(strength), float(guidance)
         self.noise_aug, self.fps, self.motion_bucket_id = float(noise_aug), int(fps), int(motion_bucket_id)
         self.norm, self.rescale, self.inversion = norm, bool(rescale), inversion
@@ -43,17 +44,15 @@ class Videoshop(EditMethod):
         self.noise, self.standardize_source_latents, self.bdia_gamma = noise, bool(standardize_source_latents), float(bdia_gamma)
 
     def _check(self, x: torch.Tensor, stage: str) -> None:
+        """Raise `NonFiniteEdit` (carrying the UNet calls so far) when `x` holds NaN or inf, so the row is NaN."""
         if not torch.isfinite(x).all():
             err = NonFiniteEdit(f"{self.name}: non-finite latents after {stage}")
             err.nfe = self.svd.nfe
             raise err
 
-    def _sync(self) -> None:
-        if self.svd.device.type == "cuda":
-            torch.cuda.synchronize()
-
     @torch.no_grad()
     def edit(self, sample: EditSample, seed: int) -> EditedVideo:
+        svd.check_num_frames(self.name, sample, self.num_frames)
         c = self.svd
         c.counter.calls = 0
         g = torch.Generator().manual_seed(seed)  # on the CPU, so a seed means the same noise on every device
@@ -62,39 +61,49 @@ class Videoshop(EditMethod):
         T, sf = video.shape[0], c.vae.config.scaling_factor
         sigmas = schedule(c.new_scheduler(), self.steps, self.strength)
         common = dict(generator=g, noise_aug=self.noise_aug, fps=self.fps, motion_bucket_id=self.motion_bucket_id)
+        t = [time.perf_counter()]
+
+        def lap() -> None:
+            svd.sync(c)
+            t.append(time.perf_counter())
 
         # 1. Encode & normalize: x_in = VAE(V)·0.18215, then x̂₀ = normalize(x_in) (Eq. 8; per frame in the release).
-        t0 = time.perf_counter()
         x0 = normalize(svd.encode(c, svd.to_pixels(video, c)) * sf, self.norm)
-        self._sync()
-        t_inv = time.perf_counter()
+        lap()
 
         # 2. Inversion from σ = 0 to σ_start conditioned on the source frame, no guidance (Eqs. 5–7, or BDIA).
-        src = svd.condition(c, video[0], T, standardize_latents=self.standardize_source_latents and self.norm != "none",
-                            **common)
+        #    CLIP sees the original frame resized straight to 224×224, as in the release.
+        src = svd.condition(c, video[0], T, standardize_latents=self.standardize_source_latents,
+                            clip_image=sample.source[0], **common)
         F_src = svd.model(c, src)
+        lap()
         if self.inversion == "bdia":
             start = bdia_invert(F_src, x0, sigmas, self.bdia_gamma)
+            lap()
             self._check(start[0], "BDIA inversion")
         else:
             start = invert(F_src, x0, sigmas, mode=self.inversion, threshold=self.threshold, noise=self.noise, generator=g)
+            lap()
             self._check(start, "inversion")
 
         # 3. Generation: Euler from the inverted latent, conditioned on the edited frame, CFG with zero negatives.
-        tgt = svd.condition(c, edited, T, min_guidance=self.guidance, max_guidance=self.guidance, **common)
+        tgt = svd.condition(c, edited, T, min_guidance=self.guidance, max_guidance=self.guidance,
+                            clip_image=sample.edited_frame, **common)
         F_tgt = svd.model(c, tgt)
+        lap()
         x = bdia_sample(F_tgt, start, sigmas, self.bdia_gamma) if self.inversion == "bdia" else euler_sample(F_tgt, start, sigmas)
+        lap()
         self._check(x, "generation")
-        self._sync()
-        t_gen = time.perf_counter()
 
         # 4. Rescale to the clean edited frame's latent statistics, per channel (Eq. 8), and decode.
         if self.rescale:
             x = rescale(x, svd.encode(c, svd.to_pixels(edited[None], c))[:, 0] * sf)
         frames = svd.decode(c, x, sample.size)
-        self._sync()
-        t_end = time.perf_counter()
-        # seconds as the release times it: encode + inversion + generation (no model loading, no final decode)
-        return EditedVideo(frames, nfe=c.nfe, seconds=t_gen - t0, info={
-            "encode_s": t_inv - t0, "edit_s": t_gen - t_inv, "decode_s": t_end - t_gen, "sigma_start": sigmas[0],
-            "tiny_models": c.tiny})
+        lap()
+        encode_s, src_s, invert_s, tgt_s, generate_s, decode_s = (b - a for a, b in zip(t, t[1:]))
+        # seconds: the sampling loops only (inversion + generation), as the release times the edit and as
+        # svd_no_src is timed; encoding, CLIP/conditioning, rescaling and decoding are in info
+        return EditedVideo(frames, nfe=c.nfe, seconds=invert_s + generate_s, info={
+            "encode_s": encode_s, "condition_s": src_s + tgt_s, "invert_s": invert_s, "generate_s": generate_s,
+            "decode_s": decode_s, "total_s": t[-1] - t[0], "sigma_start": sigmas[0], "tiny_models": c.tiny})
+

@@ -3,7 +3,8 @@
 Frames in and out (resize, VAE encode/decode), the image conditioning (CLIP embedding + noise-augmented image
 latents + added time ids, with classifier-free guidance's zero negative branch), and `model(cond)`, which
 turns the UNet into the `F(x, σ)` the inversion and sampling loops call. CLIP encoding reuses the library
-pipeline's own helper so it matches `StableVideoDiffusionPipeline` exactly.
+pipeline's own helper so it matches `StableVideoDiffusionPipeline` exactly (`svd_no_src`), or, given the original
+image (`clip_image`), resizes that straight to CLIP's input size as the Videoshop release does.
 """
 from __future__ import annotations
 
@@ -15,9 +16,27 @@ import torch
 import torch.nn.functional as Fnn
 from diffusers.utils.torch_utils import randn_tensor
 
+from harness.types import EditSample
 from videoshop.edm import c_in, c_noise
 from videoshop.latents import standardize
 from videoshop.models import SVDComponents
+
+
+def check_num_frames(name: str, sample: EditSample, num_frames: int) -> None:
+    """The SVD methods edit clips of the backbone's trained length (`models.svd_backbone.num_frames`: 14 for
+    img2vid, 25 for img2vid-xt); any other length is an error that says how to match them."""
+    if sample.num_frames != num_frames:
+        raise ValueError(
+            f"{name}: sample {sample.id} has {sample.num_frames} frames but the SVD backbone is set for "
+            f"{num_frames} (models.svd_backbone.num_frames). Use a dataset of {num_frames}-frame clips "
+            f"(dataset.num_frames={num_frames}) or a backbone trained for the clip's length (models=svd: 14 frames, "
+            "models=svd_xt: 25).")
+
+
+def sync(c: SVDComponents) -> None:
+    """Wait for queued CUDA work, so that wall-clock intervals measure it."""
+    if c.device.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -35,10 +54,35 @@ def to_pixels(frames: np.ndarray, c: SVDComponents) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode(c: SVDComponents, pixels: torch.Tensor) -> torch.Tensor:
-    """VAE posterior mode of T×3×h×w pixels, unscaled, as 1×T×C×h/8×w/8 float32 (all frames in one batch)."""
-    z = c.vae.encode(pixels.to(c.vae.dtype)).latent_dist.mode()
+def encode(c: SVDComponents, pixels: torch.Tensor, upcast: bool = False) -> torch.Tensor:
+    """VAE posterior mode of T×3×h×w pixels, unscaled, as 1×T×C×h/8×w/8 float32 (all frames in one batch).
+
+    `upcast`: an fp16 VAE whose config sets `force_upcast` encodes in fp32, as `StableVideoDiffusionPipeline`
+    does for its image latents (the VAE is cast there and back, as the library does).
+    """
+    vae = c.vae
+    upcast = upcast and vae.dtype == torch.float16 and bool(vae.config.get("force_upcast", False))
+    if upcast:
+        vae.to(torch.float32)
+    try:
+        z = vae.encode(pixels.to(vae.dtype)).latent_dist.mode()
+    finally:
+        if upcast:
+            vae.to(torch.float16)
     return z.float()[None]
+
+
+@torch.no_grad()
+def clip_embeds(c: SVDComponents, image: np.ndarray) -> torch.Tensor:
+    """CLIP image embedding (1×1×D) of a uint8 h×w×3 image resized straight to CLIP's input size, bilinear with
+    antialiasing, then CLIP-normalized: the Videoshop release's CLIP input (from the original image)."""
+    fe = c.feature_extractor
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255.0
+    x = Fnn.interpolate(x, size=(fe.crop_size["height"], fe.crop_size["width"]), mode="bilinear", antialias=True,
+                        align_corners=False)
+    mean, std = (torch.tensor(v, dtype=x.dtype)[None, :, None, None] for v in (fe.image_mean, fe.image_std))
+    x = ((x - mean) / std).to(c.device, c.image_encoder.dtype)
+    return c.image_encoder(x).image_embeds[:, None]
 
 
 @torch.no_grad()
@@ -65,18 +109,27 @@ class Condition:
 @torch.no_grad()
 def condition(c: SVDComponents, image: np.ndarray, num_frames: int, *, generator: torch.Generator,
               noise_aug: float, fps: int, motion_bucket_id: int, min_guidance: float = 1.0,
-              max_guidance: float = 1.0, standardize_latents: bool = False) -> Condition:
-    """SVD's conditioning on one uint8 h×w×3 image, in `StableVideoDiffusionPipeline`'s order of random draws.
+              max_guidance: float = 1.0, standardize_latents: bool = False, clip_image: np.ndarray | None = None,
+              upcast_vae: bool = False) -> Condition:
+    """SVD's conditioning on one uint8 h×w×3 image at the working size, in `StableVideoDiffusionPipeline`'s order
+    of random draws.
 
-    CLIP embedding of the clean image; VAE mode of the image plus `noise_aug`·N(0, 1) pixel noise (unscaled;
-    with `standardize_latents`, one global mean/std then ÷ the VAE scale: the release's source conditioning);
+    CLIP embedding of the clean image (of `image` through the pipeline's helper, which resizes the working-size
+    image to 224 with its own antialiasing; or of `clip_image` via `clip_embeds`); VAE mode of the image plus
+    `noise_aug`·N(0, 1) pixel noise (unscaled; in fp32 with `upcast_vae`, see `encode`; with
+    `standardize_latents`, one global mean/std then ÷ the VAE scale: the release's source conditioning);
     added time ids (fps − 1, motion bucket, noise_aug); per-frame guidance linspace(min, max) when max > 1.
     """
     cfg = max_guidance > 1.0
-    embeds = c.helpers._encode_image(PIL.Image.fromarray(image), c.device, 1, cfg)
+    if clip_image is None:
+        embeds = c.helpers._encode_image(PIL.Image.fromarray(image), c.device, 1, cfg)
+    else:
+        embeds = clip_embeds(c, clip_image)
+        if cfg:
+            embeds = torch.cat([torch.zeros_like(embeds), embeds])
     pixels = to_pixels(image[None], c)
     pixels = pixels + noise_aug * randn_tensor(pixels.shape, generator=generator, device=c.device, dtype=pixels.dtype)
-    lat = encode(c, pixels)[:, 0]  # 1×C×h×w
+    lat = encode(c, pixels, upcast=upcast_vae)[:, 0]  # 1×C×h×w
     if standardize_latents:
         lat = standardize(lat) / c.vae.config.scaling_factor
     lat = lat.to(embeds.dtype)[:, None].repeat(1, num_frames, 1, 1, 1)

@@ -24,13 +24,30 @@ class SVDNoSource(EditMethod):
     """SVD image-to-video conditioned on the edited first frame."""
 
     def __init__(self, name: str, backbone, device: str = "cpu", height: int = 576, width: int = 1024,
-                 steps: int = 25, min_guidance: float = 1.0, max_guidance: float = 3.0, noise_aug: float = 0.02,
-                 fps: int = 7, motion_bucket_id: int = 127):
+                 num_frames: int = 14, steps: int = 25, min_guidance: float = 1.0, max_guidance: float = 3.0,
+                 noise_aug: float = 0.02, fps: int = 7, motion_bucket_id: int = 127):
         super().__init__(name, device)
         self.svd = load_svd(backbone, device)
-        self.size = (int(height), int(width))
+        self.weights_revision = self.svd.weights_revision
+        self.size, self.num_frames = (int(height), int(width)), int(num_frames)
         self.steps, self.min_guidance, self.max_guidance = int(steps), float(min_guidance), float(max_guidance)
         self.noise_aug, self.fps, self.motion_bucket_id = float(noise_aug), int(fps), int(motion_bucket_id)
+
+    def _setup(self, image: np.ndarray, num_frames: int, seed: int):
+        """(F, initial latents, σ levels) for a uint8 h×w×3 image: the pipeline's conditioning (its VAE upcast
+        included) and init noise, drawn in its order."""
+        c = self.svd
+        g = torch.Generator().manual_seed(seed)
+        cond = svd.condition(c, image, num_frames, generator=g, noise_aug=self.noise_aug, fps=self.fps,
+                             motion_bucket_id=self.motion_bucket_id, min_guidance=self.min_guidance,
+                             max_guidance=self.max_guidance, upcast_vae=True)
+        scheduler = c.new_scheduler()
+        sigmas = schedule(scheduler, self.steps)
+        h, w = image.shape[:2]
+        f = 2 ** (len(c.vae.config.block_out_channels) - 1)
+        shape = (1, num_frames, c.unet.config.out_channels, h // f, w // f)
+        x = randn_tensor(shape, generator=g, device=c.device, dtype=cond.embeds.dtype).float()
+        return svd.model(c, cond), x * float(scheduler.init_noise_sigma), sigmas
 
     @torch.no_grad()
     def latents(self, image: np.ndarray, num_frames: int, seed: int, trajectory: list | None = None) -> torch.Tensor:
@@ -38,29 +55,32 @@ class SVDNoSource(EditMethod):
 
         With `trajectory`, the state at every σ level the sampler visits is appended to it (the final one included).
         """
-        c = self.svd
-        g = torch.Generator().manual_seed(seed)
-        cond = svd.condition(c, image, num_frames, generator=g, noise_aug=self.noise_aug, fps=self.fps,
-                             motion_bucket_id=self.motion_bucket_id, min_guidance=self.min_guidance,
-                             max_guidance=self.max_guidance)
-        scheduler = c.new_scheduler()
-        sigmas = schedule(scheduler, self.steps)
-        h, w = image.shape[:2]
-        f = 2 ** (len(c.vae.config.block_out_channels) - 1)
-        shape = (1, num_frames, c.unet.config.out_channels, h // f, w // f)
-        x = randn_tensor(shape, generator=g, device=c.device, dtype=cond.embeds.dtype).float()
-        F = svd.model(c, cond)
+        F, x, sigmas = self._setup(image, num_frames, seed)
         if trajectory is not None:
             model_, F = F, lambda x_, s: (trajectory.append(x_.clone()), model_(x_, s))[1]
-        out = euler_sample(F, x * float(scheduler.init_noise_sigma), sigmas)
+        out = euler_sample(F, x, sigmas)
         if trajectory is not None:
             trajectory.append(out.clone())
         return out
 
+    @torch.no_grad()
     def edit(self, sample: EditSample, seed: int) -> EditedVideo:
+        svd.check_num_frames(self.name, sample, self.num_frames)
         c = self.svd
         c.counter.calls = 0
         t0 = time.perf_counter()
         image = svd.resize_frames(sample.edited_frame[None], self.size)[0]
-        frames = svd.decode(c, self.latents(image, sample.num_frames, seed), sample.size)
-        return EditedVideo(frames, nfe=c.nfe, seconds=time.perf_counter() - t0, info={"tiny_models": c.tiny})
+        F, x, sigmas = self._setup(image, sample.num_frames, seed)
+        svd.sync(c)
+        t1 = time.perf_counter()
+        x = euler_sample(F, x, sigmas)
+        svd.sync(c)
+        t2 = time.perf_counter()
+        frames = svd.decode(c, x, sample.size)
+        svd.sync(c)
+        t3 = time.perf_counter()
+        # seconds: the sampling loop only, as Videoshop's is its inversion + generation loops (docs/videoshop.md)
+        return EditedVideo(frames, nfe=c.nfe, seconds=t2 - t1, info={
+            "condition_s": t1 - t0, "generate_s": t2 - t1, "decode_s": t3 - t2, "total_s": t3 - t0,
+            "tiny_models": c.tiny})
+
