@@ -27,6 +27,10 @@ def main(cfg: DictConfig, overrides: list[str] = ()) -> dict | None:
     from harness.runner import resolve_device, run
 
     cfg.device = resolve_device(cfg.device)
+    if cfg.get("threads") is not None:
+        import torch
+
+        torch.set_num_threads(int(cfg.threads))
     if cfg.stage in ("edit", "score"):
         return run(cfg, overrides)
     if cfg.stage == "report":

@@ -53,6 +53,7 @@ class AnyV2V(EditMethod):
             "unet": I2VGenXLUNet, "vae": AutoencoderKL, "text_encoder": CLIPTextModel, "tokenizer": CLIPTokenizer,
             "image_encoder": CLIPVisionModelWithProjection, "feature_extractor": CLIPImageProcessor, "scheduler": DDIMScheduler,
         }, device)
+        self.weights_revision = self.m.weights_revision
         self.dtype = components.dtype_for(device)
 
     # --- conditioning, as I2VGenXLPipeline computes it -------------------------------------------------

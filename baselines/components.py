@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from harness.cache import cache_key, cached
-from harness.weights import local_model_dir
+from harness.weights import local_model_dir, snapshot_id
 
 TINY_CHANNELS = (8, 8, 16, 16)  # four blocks like SD 2.1 / I2VGen-XL (320, 640, 1280, 1280), scale factor 8
 TINY_CONTEXT = 32  # cross-attention width (1024 in both real models)
@@ -120,7 +120,8 @@ def load(cfg: Any, classes: dict[str, type], device: str) -> SimpleNamespace:
                 parts[sub] = m.to(device).eval().requires_grad_(False)
             else:
                 parts[sub] = cls.from_pretrained(folder, subfolder=sub)
-        return SimpleNamespace(**parts, folder=folder)
+        revision = None if cfg.get("tiny", False) else snapshot_id(folder)
+        return SimpleNamespace(**parts, folder=folder, weights_revision=revision)
 
     return cached(cache_key("components", cfg, sorted(classes), device), factory)
 

@@ -154,6 +154,7 @@ class TokenFlow(EditMethod):
             "unet": UNet2DConditionModel, "vae": AutoencoderKL, "text_encoder": CLIPTextModel,
             "tokenizer": CLIPTokenizer, "scheduler": DDIMScheduler,
         }, device)
+        self.weights_revision = self.m.weights_revision
         self.dtype = components.dtype_for(device)
 
     def _text(self, prompt: str) -> torch.Tensor:

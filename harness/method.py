@@ -15,6 +15,8 @@ class EditMethod(abc.ABC):
 
     #: True when the edit itself depends on the `models` config (diffusion methods); reference rows set False.
     uses_models: bool = True
+    #: Which copy of real weights the edits come from (a hub commit or a local folder); None for tiny or none.
+    weights_revision: str | None = None
 
     def __init__(self, name: str, device: str = "cpu"):
         self.name = name

@@ -189,7 +189,7 @@ def _set_scores(suite: Suite, run: RunDir, ok_ids: list[str]) -> dict[str, Any]:
 def fingerprint_config(cfg: DictConfig, uses_models: bool) -> dict[str, Any]:
     """What must be equal for two runs' samples to be interchangeable.
 
-    Where things run or are stored (device, data_dir, a local weights folder) and which part of the dataset
+    Where and how things run or are stored (device, threads, data_dir, a local weights folder) and which part of the dataset
     a job takes (shard, limit) do not change a sample's edit, so a run may resume elsewhere or in parts.
     """
 
@@ -202,7 +202,7 @@ def fingerprint_config(cfg: DictConfig, uses_models: bool) -> dict[str, Any]:
         return strip(OmegaConf.to_container(node, resolve=True), drop | {"device"})
 
     d: dict[str, Any] = {
-        "method": plain(cfg.method, set()),
+        "method": plain(cfg.method, {"root"}),
         "dataset": plain(cfg.dataset, {"data_dir", "shard", "num_shards", "limit"}),
         "seed": cfg.seed,
     }
@@ -233,6 +233,7 @@ def run(cfg: DictConfig, overrides: list[str] = ()) -> dict[str, Any]:
             "dataset": str(cfg.dataset.name), "method": label, "method_name": str(cfg.method.name),
             "models": str(cfg.models.name), "tiny_models": _edit_is_tiny(cfg, method),
             "fingerprint": fingerprint, "fingerprint_config": fp_cfg, "started": started,
+            "weights_revision": method.weights_revision,
             "seed": cfg.seed, "device": device, "argv": sys.argv, "overrides": list(overrides),
             "versions": package_versions(), "config": OmegaConf.to_container(cfg, resolve=True),
         })

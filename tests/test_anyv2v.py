@@ -1,6 +1,8 @@
 """AnyV2V with tiny I2VGen-XL components, and the helpers it shares with TokenFlow (DDIM inversion, resizing, injection)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import dataclasses
 import json
 
@@ -272,6 +274,7 @@ def test_real_loading_path_reads_a_saved_model_folder():
                                  "root": str(tiny.folder), "tiny": False})
     real = components.load(real_cfg, {"unet": I2VGenXLUNet, "vae": AutoencoderKL}, "cpu")
     assert real.unet is not tiny.unet
+    assert tiny.weights_revision is None and real.weights_revision == str(Path(tiny.folder).absolute())
     for a, b in zip(real.unet.state_dict().values(), tiny.unet.state_dict().values()):
         torch.testing.assert_close(a, b)
     missing = OmegaConf.create({**real_cfg, "root": str(tiny.folder / "nowhere")})

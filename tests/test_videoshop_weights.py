@@ -71,12 +71,15 @@ def test_loads_record_which_copy_they_used(compose, saved_tiny, tmp_path, monkey
     assert load_svd(m.backbone, "cpu").weights_revision is None
 
 
-def test_torch_threads_is_applied_and_no_part_of_the_cache_key(compose):
+def test_threads_key_sets_torchs_intra_op_threads_and_is_no_part_of_the_runs_identity(compose, tmp_path):
+    import run
+    from harness.runner import fingerprint_config
+
     n = torch.get_num_threads()
     try:
-        base = OmegaConf.to_container(compose().models.svd_backbone, resolve=True)
-        a = load_svd({**base, "torch_threads": 1}, "cpu")
+        run.main(compose("method=identity", "metrics=basic", "dataset.limit=1", "threads=1"))
         assert torch.get_num_threads() == 1
-        assert load_svd({**base, "torch_threads": None}, "cpu") is a
+        one, two = (fingerprint_config(compose(f"threads={k}"), True) for k in (1, 2))
+        assert one == two
     finally:
         torch.set_num_threads(n)

@@ -48,7 +48,7 @@ def measure(overrides: list[str] = (), repeats: int = 2, architecture: dict | No
     device = resolve_device(cfg.device)
     entry = OmegaConf.to_container(cfg.models.svd_backbone, resolve=True)
     backbone = {"tiny": True, "seed": 0, "dtype": entry["dtype"], "num_frames": entry["num_frames"],
-                "torch_threads": entry.get("torch_threads"), **(architecture or SVD_FULL)}
+                **(architecture or SVD_FULL)}
     t0 = time.perf_counter()
     method = instantiate(cfg.method, backbone=backbone, device=device)
     load_s = time.perf_counter() - t0

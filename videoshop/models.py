@@ -10,8 +10,7 @@ the process-wide cache, so a multirun loads SVD once. The entry (`models.svd_bac
   weights: small ones in `models=tiny` (VAE with four down blocks like SVD's, so latents are 1/8 of the frame)
   for offline smoke runs and tests; full-size ones (`SVD_FULL`) in the benchmark.
 
-Either entry may set `torch_threads` (intra-op CPU threads, applied whenever the components are requested;
-null = torch's default) and carries `num_frames`, the clip length the backbone is trained for (read by the methods).
+Either entry carries `num_frames`, the clip length the backbone is trained for (read by the methods).
 """
 from __future__ import annotations
 
@@ -166,15 +165,9 @@ def _real(entry: dict[str, Any], dtype: torch.dtype) -> dict[str, Any]:
 
 
 def load_svd(entry: Any, device: str | torch.device = "cpu") -> SVDComponents:
-    """SVD components for a `models.svd_backbone`-style entry, loaded once per process and device.
-
-    `torch_threads` (when set) is applied on every call, cached or not, and is no part of the cache key.
-    """
+    """SVD components for a `models.svd_backbone`-style entry, loaded once per process and device."""
     entry = _plain(entry)
     device = torch.device(device)
-    threads = entry.pop("torch_threads", None)
-    if threads is not None:
-        torch.set_num_threads(int(threads))
 
     def factory() -> SVDComponents:
         dtype = _dtype(entry, device)
