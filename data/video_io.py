@@ -17,6 +17,11 @@ VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".gif")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 
+# Frames a complete file may decode short of what its container declares before it counts as truncated: real
+# mp4s with edit lists or a dropped trailing B-frame decode a frame or two fewer than their stream's count.
+TRUNCATION_SLACK_FRAMES = 2
+
+
 class MediaError(ValueError):
     """A file that cannot be read as the expected kind of media; `path` and `problem` are kept apart for callers."""
 
@@ -90,7 +95,7 @@ def decode_video(path: str | os.PathLike, start: float | None = None, end: float
         count, exact = declared
         # frames from the file's start to where decoding stopped (after a seek: those before it estimated from time)
         reached = n_seen + (round(first_t * float(rate)) if start and first_t and rate else 0)
-        if reached < count - (0 if exact else 1):
+        if reached < count - (TRUNCATION_SLACK_FRAMES if exact else TRUNCATION_SLACK_FRAMES + 1):
             why = f" (decoding stopped on {type(error).__name__}: {error})" if error else ""
             raise MediaError(path, f"truncated: decoded {reached} of {count} frames{why}")
     if error is not None:
@@ -107,7 +112,7 @@ def declared_frames(container: av.container.InputContainer, stream: av.video.str
     Exact: the stream's frame count (mp4, mov, avi, gif). Else estimated as duration × average frame rate, the
     duration taken from the stream, from the per-track DURATION tag (Matroska/WebM), or from the container when
     the video is its only stream (another stream, e.g. longer audio, would inflate it). An estimate may be one
-    frame high (muxers round the last frame's duration), so callers allow one frame less.
+    frame high (muxers round the last frame's duration), so callers allow one frame more of slack.
     """
     if stream.frames:
         return int(stream.frames), True
