@@ -189,8 +189,8 @@ def _set_scores(suite: Suite, run: RunDir, ok_ids: list[str]) -> dict[str, Any]:
 def fingerprint_config(cfg: DictConfig, uses_models: bool) -> dict[str, Any]:
     """What must be equal for two runs' samples to be interchangeable.
 
-    Where and how things run or are stored (device, threads, data_dir, a local weights folder) and which part of the dataset
-    a job takes (shard, limit) do not change a sample's edit, so a run may resume elsewhere or in parts.
+    Where and how things run or are stored (device, threads, data_dir, a local weights folder) and which part of
+    the dataset a job takes (shard, limit) do not change a sample's edit, so a run may resume elsewhere or in parts.
     """
 
     def strip(x: Any, drop: set[str]) -> Any:
