@@ -13,6 +13,8 @@ Every file is written atomically, so an interrupted run leaves only whole files 
 """
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +22,30 @@ import numpy as np
 
 from data.video_io import read_video, write_video_lossless, write_video_viewable
 from harness.files import read_json, write_json, write_npz
+from harness.names import safe_child
 from harness.types import ScoreRow
+
+log = logging.getLogger("harness")
 
 
 class ConfigMismatch(RuntimeError):
     pass
+
+
+class DamagedRow(ValueError):
+    """A `row.json` that cannot be read back (truncated, not JSON, wrong types); `path` names it."""
+
+    def __init__(self, path: Path, problem: str):
+        self.path, self.problem = Path(path), problem
+        super().__init__(f"{path}: damaged row ({problem}); the sample counts as not done")
+
+
+@dataclass
+class RowScan:
+    """Every row of a run folder: the readable ones, and the damaged ones (path -> problem) apart."""
+
+    rows: list[ScoreRow]
+    damaged: dict[Path, str]
 
 
 class RunDir:
@@ -54,14 +75,27 @@ class RunDir:
 
     # One sample.
     def sample_dir(self, sample_id: str) -> Path:
-        return self.root / "samples" / sample_id
+        return safe_child(self.root / "samples", sample_id, "sample id")
 
     def row(self, sample_id: str) -> ScoreRow | None:
+        """The sample's row, None when it has none; `DamagedRow` when its file cannot be read back."""
         p = self.sample_dir(sample_id) / "row.json"
-        return ScoreRow.from_json(read_json(p)) if p.exists() else None
+        return read_row(p) if p.exists() else None
+
+    def scan(self) -> RowScan:
+        """Every row under `samples/`, damaged ones set apart (each logged with its path)."""
+        rows, damaged = [], {}
+        for p in sorted((self.root / "samples").glob("*/row.json")):
+            try:
+                rows.append(read_row(p))
+            except DamagedRow as e:
+                damaged[p] = e.problem
+                log.warning("%s", e)
+        return RowScan(rows, damaged)
 
     def rows(self) -> list[ScoreRow]:
-        return [ScoreRow.from_json(read_json(p)) for p in sorted((self.root / "samples").glob("*/row.json"))]
+        """The readable rows (see `scan` for the damaged ones)."""
+        return self.scan().rows
 
     def write_row(self, row: ScoreRow) -> None:
         write_json(self.sample_dir(row.sample_id) / "row.json", row.to_json())
@@ -83,6 +117,17 @@ class RunDir:
             return None
         with np.load(p) as z:
             return {k: z[k] for k in z.files}
+
+
+def read_row(path: Path) -> ScoreRow:
+    """A row file read back and checked; `DamagedRow` naming the file when it is not a valid row."""
+    try:
+        row = ScoreRow.from_json(read_json(path))
+    except (OSError, UnicodeDecodeError, ValueError) as e:  # JSONDecodeError is a ValueError
+        raise DamagedRow(path, f"{type(e).__name__}: {e}") from e
+    if row.sample_id != path.parent.name:
+        raise DamagedRow(path, f"its sample_id {row.sample_id!r} is not its folder's name")
+    return row
 
 
 def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:

@@ -79,17 +79,27 @@ class EditedVideo:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+ROW_STATUSES = ("ok", "nan", "failed")
+
+
 @dataclass
 class ScoreRow:
-    """One sample of one run: its status, scores and costs. What the report aggregates."""
+    """One sample of one run: its status, scores and costs. What the report aggregates.
+
+    `scores` holds the columns that apply to the sample; a column a metric left out (no mask for the `+`
+    columns, no ground truth, a column added to the suite after the sample was scored) is *not applicable*
+    and absent, and means are taken over the samples that have it. NaN is kept for non-finite edits.
+    `suite` names the metric suite that scored the row (see `harness.runner.suite_id`).
+    """
 
     sample_id: str
-    status: str  # "ok" or "failed"
+    status: str  # "ok", "nan" (the edit went non-finite) or "failed" (bad input or a crash; see `error`)
     scores: dict[str, float] = field(default_factory=dict)
     costs: Costs = field(default_factory=Costs)
     error: str | None = None
     edit_type: str | None = None
     info: dict[str, Any] = field(default_factory=dict)  # what the method reported (prompts, sizes, nfe split)
+    suite: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -98,15 +108,36 @@ class ScoreRow:
         return d
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "ScoreRow":
-        scores = {k: (math.nan if v is None else float(v)) for k, v in d.get("scores", {}).items()}
-        c = d.get("costs", {})
+    def from_json(cls, d: Any) -> "ScoreRow":
+        """The row from its JSON; `ValueError` naming the key when a key is missing or of the wrong type."""
+        if not isinstance(d, dict):
+            raise ValueError(f"a row is a JSON object, got {type(d).__name__}")
+        sid, status = d.get("sample_id"), d.get("status")
+        if not isinstance(sid, str) or not sid:
+            raise ValueError(f"sample_id must be a non-empty string, got {sid!r}")
+        if status not in ROW_STATUSES:
+            raise ValueError(f"status must be one of {', '.join(ROW_STATUSES)}, got {status!r}")
+        raw_scores, c = d.get("scores", {}), d.get("costs", {})
+        if not isinstance(raw_scores, dict) or not all(_number_or_null(v) for v in raw_scores.values()):
+            raise ValueError("scores must be an object of numbers (null for NaN)")
+        if not isinstance(c, dict) or not all(_number_or_null(c.get(k)) for k in ("seconds", "peak_mem_mb", "nfe")):
+            raise ValueError("costs must be an object with numeric seconds, peak_mem_mb and nfe (or null)")
+        for key in ("error", "edit_type", "suite"):
+            if d.get(key) is not None and not isinstance(d[key], str):
+                raise ValueError(f"{key} must be a string or null, got {type(d[key]).__name__}")
+        if d.get("info") is not None and not isinstance(d["info"], dict):
+            raise ValueError(f"info must be an object, got {type(d['info']).__name__}")
+        scores = {str(k): (math.nan if v is None else float(v)) for k, v in raw_scores.items()}
         costs = Costs(
             seconds=math.nan if c.get("seconds") is None else float(c["seconds"]),
             peak_mem_mb=math.nan if c.get("peak_mem_mb") is None else float(c["peak_mem_mb"]),
-            nfe=c.get("nfe"),
+            nfe=None if c.get("nfe") is None else int(c["nfe"]),
         )
-        return cls(d["sample_id"], d["status"], scores, costs, d.get("error"), d.get("edit_type"), d.get("info") or {})
+        return cls(sid, status, scores, costs, d.get("error"), d.get("edit_type"), d.get("info") or {}, d.get("suite"))
+
+
+def _number_or_null(v: Any) -> bool:
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
 
 
 def _json_float(v: float) -> float | None:
