@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import hydra
@@ -38,17 +39,39 @@ def main(cfg: DictConfig, overrides: list[str] = ()) -> dict | None:
 
         return write_report(cfg.results_dir, cfg.get("report"))
     if cfg.stage == "build":
+        from harness.files import clean_stale_temps
+        from harness.names import check_name
+
+        clean_stale_temps(Path(cfg.data_dir) / check_name(str(cfg.dataset.name), "dataset.name"))
         summary = instantiate_cached(cfg.dataset).build(cfg.data_dir)
         log.info("built dataset %s into %s", cfg.dataset.name, cfg.data_dir)
+        if summary and summary.get("n_failed") and not (summary.get("n_built") or summary.get("n_skipped")):
+            raise BuildFailed(f"dataset {cfg.dataset.name}: every one of its {summary['n_failed']} samples failed "
+                              "to build (each error is logged above)")
         return summary
     raise ValueError(f"stage must be edit, score, report or build; got {cfg.stage!r}")
+
+
+class BuildFailed(RuntimeError):
+    """`stage=build` built nothing: every sample failed."""
+
+    exit_code = 1
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def _hydra_main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    main(cfg, list(HydraConfig.get().overrides.task))
+    from harness.runner import EmptyDataset
+
+    try:
+        main(cfg, list(HydraConfig.get().overrides.task))
+    except KeyboardInterrupt as e:  # one line, not a traceback; the run resumes where it stopped
+        print(e if str(e) else "interrupted; rerun the same command to resume", file=sys.stderr, flush=True)
+        sys.exit(130)
+    except (EmptyDataset, BuildFailed) as e:
+        (log.warning if isinstance(e, EmptyDataset) else log.error)("%s", e)
+        sys.exit(e.exit_code)
 
 
 if __name__ == "__main__":

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from data.video_io import read_video, write_video_lossless, write_video_viewable
-from harness.files import read_json, write_json, write_npz
-from harness.names import safe_child
+from harness.files import file_lock, read_json, write_json, write_npz
+from harness.names import check_name, safe_child
 from harness.types import ScoreRow
 
 log = logging.getLogger("harness")
@@ -54,18 +54,51 @@ class RunDir:
 
     # The run as a whole.
     def claim(self, info: dict[str, Any]) -> None:
-        """Record the run's config; refuse to mix results of a different config into the same folder."""
+        """Record the run's config (`stage=edit`); refuse to mix results of a different config into the folder.
+
+        Under the run's lock, so that concurrent jobs on one folder keep every start in `history`.
+        """
+        with self.lock():
+            old = self._check(info["fingerprint"], info["fingerprint_config"])
+            if old is not None:
+                info = {**info, "started": old.get("started"),
+                        "history": [*_history(old), {"stage": "edit", "started": info.get("started")}]}
+            else:
+                info = {**info, "history": [{"stage": "edit", "started": info.get("started")}]}
+            write_json(self.root / "run.json", info)
+
+    def check(self, fingerprint: str, fingerprint_config: dict[str, Any], stage: str, started: str) -> None:
+        """For a stage that reuses the run's edits (`stage=score`): the run must exist and have this config."""
+        with self.lock():
+            old = self._check(fingerprint, fingerprint_config)
+            if old is None:
+                raise FileNotFoundError(f"stage={stage}: no edits to score in {self.root} (run stage=edit first)")
+            write_json(self.root / "run.json", {**old, "history": [*_history(old), {"stage": stage, "started": started}]})
+
+    def _check(self, fingerprint: str, fingerprint_config: dict[str, Any]) -> dict[str, Any] | None:
         path = self.root / "run.json"
-        if path.exists():
+        if not path.exists():
+            return None
+        try:
             old = read_json(path)
-            if old.get("fingerprint") != info["fingerprint"]:
-                changed = _diff(old.get("fingerprint_config", {}), info["fingerprint_config"])
-                raise ConfigMismatch(
-                    f"{self.root} holds results of a different config (changed: {', '.join(changed) or '?'}). "
-                    "Give this variant its own name with tag=NAME, or delete that folder to start over."
-                )
-            info = {**info, "history": old.get("history", []) + [old.get("started")]}
-        write_json(path, info)
+        except (OSError, ValueError) as e:
+            raise ConfigMismatch(f"{path} cannot be read ({type(e).__name__}: {e}); fix or delete it") from e
+        if not isinstance(old, dict) or old.get("fingerprint") != fingerprint:
+            changed = _diff(old.get("fingerprint_config", {}) if isinstance(old, dict) else {}, fingerprint_config)
+            raise ConfigMismatch(
+                f"{self.root} holds results of a different config (changed: {', '.join(changed) or '?'}). "
+                "Give this variant its own name with tag=NAME, or delete that folder to start over."
+            )
+        return old
+
+    def lock(self, blocking: bool = True):
+        """The run's own lock (run.json's history, the summary)."""
+        return file_lock(self.root / ".run.lock", blocking)
+
+    def sample_lock(self, sample_id: str, blocking: bool = False):
+        """A claim on one sample: yields False when another process holds it (see `harness.files.file_lock`)."""
+        check_name(sample_id, "sample id")
+        return file_lock(self.root / ".claims" / sample_id, blocking)
 
     def info(self) -> dict[str, Any]:
         return read_json(self.root / "run.json")
@@ -128,6 +161,12 @@ def read_row(path: Path) -> ScoreRow:
     if row.sample_id != path.parent.name:
         raise DamagedRow(path, f"its sample_id {row.sample_id!r} is not its folder's name")
     return row
+
+
+def _history(old: dict[str, Any]) -> list:
+    """Earlier entries of run.json's history (older runs kept only the start times)."""
+    h = old.get("history", [])
+    return h if isinstance(h, list) else []
 
 
 def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:

@@ -14,6 +14,7 @@ import resource
 import sys
 import time
 import traceback
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,7 +27,9 @@ from tqdm import tqdm
 from harness.cache import instantiate_cached
 from harness.method import EditMethod, NonFiniteEdit
 from harness.metric import Column, SetMetric, VideoMetric
-from harness.results import RunDir
+from harness.files import clean_stale_temps
+from harness.names import MAX_LEN, UnsafeName, check_name
+from harness.results import DamagedRow, RunDir
 from harness.types import Costs, EditedVideo, EditSample, ScoreRow
 
 log = logging.getLogger("harness")
@@ -56,11 +59,25 @@ def package_versions() -> dict[str, str]:
 
 
 def method_label(cfg: DictConfig, overrides: list[str] = ()) -> str:
-    """The method's name in tables and folders: `tag` if given, else its name plus any `method.*` overrides."""
+    """The method's name in tables and folders: `tag` if given, else its name plus any `method.*` overrides.
+
+    The label is a folder name: a `tag` must be a safe one (`harness.names`); override values are kept readable
+    but their path separators and control characters are percent-encoded, so `method.root=/x/y` stays one folder.
+    """
     if cfg.get("tag"):
-        return str(cfg.tag)
+        return check_name(str(cfg.tag), "tag")
+    name = check_name(str(cfg.method.name), "method.name")
     extra = sorted(o.split("method.", 1)[1] for o in overrides if o.lstrip("+~").startswith("method."))
-    return str(cfg.method.name) + (f"[{','.join(extra)}]" if extra else "")
+    if not extra:
+        return name
+    label = name + "[" + ",".join(extra).translate(_LABEL_ESCAPES) + "]"
+    if len(label) > MAX_LEN:  # keep it a valid folder name; the full overrides are in run.json
+        digest = hashlib.sha256(label.encode()).hexdigest()[:12]
+        label = f"{label[: MAX_LEN - 15]}…{digest}]"
+    return label
+
+
+_LABEL_ESCAPES = {c: f"%{c:02X}" for c in (*range(32), 127, ord("/"), ord("\\"), ord("%"))}
 
 
 @dataclass
@@ -164,8 +181,8 @@ def edit_one(method: EditMethod, sample: EditSample, seed: int, device: str) -> 
 
 def score_one(suite: Suite, sample: EditSample, frames: np.ndarray) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     scores: dict[str, float] = {}
-    for m in suite.video.values():
-        scores.update({k: float(v) for k, v in m.score(sample, frames).items()})
+    for m in suite.video.values():  # a column left out, or None, does not apply to this sample
+        scores.update({k: float(v) for k, v in m.score(sample, frames).items() if v is not None})
     feats: dict[str, np.ndarray] = {}
     for key, m in suite.sets.items():
         feats.update({f"{key}.{k}": np.asarray(v) for k, v in m.features(sample, frames).items()})
@@ -212,18 +229,51 @@ def fingerprint_config(cfg: DictConfig, uses_models: bool) -> dict[str, Any]:
 
 
 def run_dir_for(cfg: DictConfig, label: str) -> RunDir:
-    return RunDir(Path(cfg.results_dir) / str(cfg.dataset.name) / str(cfg.models.name) / label)
+    parts = [(cfg.dataset.name, "dataset.name"), (cfg.models.name, "models.name"), (label, "method label")]
+    return RunDir(Path(cfg.results_dir).joinpath(*(check_name(str(v), what) for v, what in parts)))
+
+
+def suite_id(cfg: DictConfig) -> str:
+    """Names the metric suite a row was scored with: a digest of the resolved `metrics` config."""
+    plain = OmegaConf.to_container(cfg.metrics, resolve=True) if cfg.get("metrics") else {}
+    return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+class EmptyDataset(RuntimeError):
+    """The dataset lists no sample: nothing to run (a warning and a non-zero exit, not an empty table)."""
+
+    exit_code = 2
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; `finished` counts the run's finished samples, so the user knows what resumes."""
+
+    def __init__(self, finished: int):
+        super().__init__(finished)
+        self.finished = finished
+
+    def __str__(self) -> str:
+        return f"interrupted; {self.finished} samples finished, rerun the same command to resume"
 
 
 def run(cfg: DictConfig, overrides: list[str] = ()) -> dict[str, Any]:
-    """Edit (stage=edit) or re-score (stage=score) every sample of the dataset; returns the run's summary."""
+    """Edit (stage=edit) or re-score (stage=score) every sample of the dataset; returns the run's summary.
+
+    The dataset's ids are listed before anything is written, so a failed start leaves nothing behind. Each
+    sample is claimed (a lock released even by kill -9) while it is processed, so processes sharing the folder
+    never do one sample twice; samples another process holds are taken up at the end if it did not finish them.
+    """
     stage = cfg.stage
     device = cfg.device
     dataset = instantiate_cached(cfg.dataset)
-    method: EditMethod = instantiate_cached(cfg.method)
-    suite = load_suite(cfg)
+    ids = dataset.ids()
+    if not ids:
+        raise EmptyDataset(f"dataset {dataset.name!r} has no samples{_where(dataset)}: nothing to {stage}")
     label = method_label(cfg, overrides)
     run_dir = run_dir_for(cfg, label)
+    method: EditMethod = instantiate_cached(cfg.method)
+    suite = load_suite(cfg)
+    suite_key = suite_id(cfg)
 
     fp_cfg = fingerprint_config(cfg, method.uses_models)
     fingerprint = hashlib.sha256(json.dumps(fp_cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -237,38 +287,110 @@ def run(cfg: DictConfig, overrides: list[str] = ()) -> dict[str, Any]:
             "seed": cfg.seed, "device": device, "argv": sys.argv, "overrides": list(overrides),
             "versions": package_versions(), "config": OmegaConf.to_container(cfg, resolve=True),
         })
-    elif not (run_dir.root / "run.json").exists():
-        raise FileNotFoundError(f"stage=score: no edits to score in {run_dir.root} (run stage=edit first)")
+    else:
+        run_dir.check(fingerprint, fp_cfg, stage, started)
+    clean_stale_temps(run_dir.root)
 
-    ids = dataset.ids()
     counts = {"ok": 0, "nan": 0, "failed": 0, "skipped": 0}
+    job = _Job(stage, dataset, method, suite, suite_key, run_dir, cfg.seed, device, counts)
     bar = tqdm(ids, desc=f"{stage} {label} on {dataset.name}", unit="video", dynamic_ncols=True)
-    for sid in bar:
-        old = run_dir.row(sid)
-        if stage == "edit" and old is not None and old.status in ("ok", "nan"):
-            counts["skipped"] += 1
-            counts[old.status] += 1
-            continue
-        if stage == "score" and (old is None or old.status != "ok"):
-            continue
-        row = _process(stage, sid, dataset, method, suite, run_dir, cfg.seed, device, old)
-        run_dir.write_row(row)
-        counts[row.status] += 1
-        bar.set_postfix(failed=counts["failed"], nan=counts["nan"])
-        if row.status == "failed":
-            log.error("sample %s failed: %s", sid, row.error.splitlines()[-1] if row.error else "?")
+    busy = []
+    try:
+        for sid in bar:
+            if not job.take(sid, blocking=False):
+                busy.append(sid)
+            bar.set_postfix(failed=counts["failed"], nan=counts["nan"])
+        for sid in busy:  # held by another process: wait for it, then do it here if that one did not
+            log.info("sample %s is being processed by another process; waiting for it", sid)
+            job.take(sid, blocking=True)
+    except KeyboardInterrupt:
+        bar.close()
+        raise Interrupted(sum(r.status in ("ok", "nan") for r in run_dir.rows())) from None
 
-    rows = {r.sample_id: r for r in run_dir.rows() if r.sample_id in set(ids)}
-    ok_ids = [sid for sid, r in rows.items() if r.status == "ok"]
-    set_scores = _set_scores(suite, run_dir, ok_ids) if ok_ids else {}
-    if any(r.status == "nan" for r in rows.values()):  # a set-level score over part of the set would mislead
-        set_scores = {c: math.nan for c in _set_columns(suite)}
-    summary = summarize(rows.values(), set_scores, suite, label, str(dataset.name), str(cfg.models.name), _edit_is_tiny(cfg, method))
-    summary.update({"finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "skipped": counts["skipped"]})
-    run_dir.write_summary(summary)
+    with run_dir.lock():  # the summary covers every finished row of the run, whoever finished it
+        scan = run_dir.scan()
+        rows = {r.sample_id: r for r in scan.rows}
+        ok_ids = [sid for sid, r in rows.items() if r.status == "ok"]
+        set_scores = _set_scores(suite, run_dir, ok_ids) if ok_ids else {}
+        if any(r.status == "nan" for r in rows.values()):  # a set-level score over part of the set would mislead
+            set_scores = {c: math.nan for c in _set_columns(suite)}
+        summary = summarize(rows.values(), set_scores, suite, label, str(dataset.name), str(cfg.models.name),
+                            _edit_is_tiny(cfg, method))
+        summary.update({"finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                        "skipped": counts["skipped"], "suite": suite_key,
+                        "damaged": {str(p.relative_to(run_dir.root)): why for p, why in scan.damaged.items()},
+                        "unsafe_ids": job.unsafe})
+        run_dir.write_summary(summary)
+    if len(summary["suites"]) > 1:
+        log.warning("%s: its samples were scored by %d different metric suites (%s); `stage=score` with this "
+                    "config rescores them all with the current one", run_dir.root, len(summary["suites"]),
+                    ", ".join(f"{k}: {n}" for k, n in summary["suites"].items()))
     log.info("%s on %s: %d ok, %d NaN, %d failed, %d already done -> %s", label, dataset.name,
              counts["ok"], counts["nan"], counts["failed"], counts["skipped"], run_dir.root)
     return summary
+
+
+def _where(dataset) -> str:
+    root = getattr(dataset, "root", None)
+    return f" (its folder {root} holds no sample folder)" if root is not None else ""
+
+
+@dataclass
+class _Job:
+    """One run's loop body: claim a sample, skip it when done, else edit or re-score it and write its row."""
+
+    stage: str
+    dataset: Any
+    method: EditMethod
+    suite: Suite
+    suite_key: str
+    run_dir: RunDir
+    seed: int
+    device: str
+    counts: dict[str, int]
+
+    def __post_init__(self):
+        self.unsafe: dict[str, str] = {}
+
+    def take(self, sid: str, blocking: bool) -> bool:
+        """Process `sid` under its claim; False when another process holds the claim (and `blocking` is False)."""
+        try:
+            claim = self.run_dir.sample_lock(sid, blocking)
+        except UnsafeName as e:  # datasets check their ids; this guards any other source of ids
+            self.unsafe[str(sid)] = str(e)
+            self.counts["failed"] += 1
+            log.error("%s", e)
+            return True
+        with claim as held:
+            if not held:
+                return False
+            self._one(sid)
+        return True
+
+    def _one(self, sid: str) -> None:
+        try:
+            old = self.run_dir.row(sid)
+        except DamagedRow as e:
+            log.error("%s", e)
+            old = None
+            if self.stage == "score":  # its costs are lost with it: only stage=edit can redo it
+                return
+        if self.stage == "edit" and old is not None and old.status in ("ok", "nan"):
+            self.counts["skipped"] += 1
+            self.counts[old.status] += 1
+            return
+        if self.stage == "score" and (old is None or old.status == "failed"):
+            return
+        if self.stage == "score" and old.status == "nan":  # nothing to score: NaN in every column of this suite
+            row = ScoreRow(sid, "nan", nan_scores(self.suite), old.costs, old.error, old.edit_type, old.info)
+        else:
+            row = _process(self.stage, sid, self.dataset, self.method, self.suite, self.run_dir, self.seed, self.device,
+                           old)
+        row.suite = self.suite_key if row.status != "failed" else (old.suite if old else None)
+        self.run_dir.write_row(row)
+        self.counts[row.status] += 1
+        if row.status == "failed":
+            log.error("sample %s failed: %s", sid, row.error.splitlines()[-1] if row.error else "?")
 
 
 def _process(stage, sid, dataset, method, suite, run_dir, seed, device, old: ScoreRow | None) -> ScoreRow:
@@ -279,8 +401,7 @@ def _process(stage, sid, dataset, method, suite, run_dir, seed, device, old: Sco
         if stage == "edit":
             out, costs, nonfinite = edit_one(method, sample, seed, device)
             if nonfinite is not None:
-                nan_scores = {c: math.nan for c in suite.columns if c not in _set_columns(suite)}
-                return ScoreRow(sid, "nan", nan_scores, costs, f"NonFiniteEdit: {nonfinite}", edit_type)
+                return ScoreRow(sid, "nan", nan_scores(suite), costs, f"NonFiniteEdit: {nonfinite}", edit_type)
             frames, info = out.frames, plain_info(out.info)
             run_dir.save_video(sid, frames, sample.fps)
         else:
@@ -325,16 +446,25 @@ def _edit_is_tiny(cfg: DictConfig, method: EditMethod) -> bool:
     return bool(method.uses_models and cfg.models.get("tiny", False))
 
 
+def nan_scores(suite: Suite) -> dict[str, float]:
+    """A non-finite edit's scores: NaN in every per-video column of the suite (set-level ones go NaN in the summary)."""
+    return {c: math.nan for c in suite.columns if c not in _set_columns(suite)}
+
+
 def _set_columns(suite: Suite) -> set[str]:
     return {c for m in suite.sets.values() for c in m.columns}
 
 
 def summarize(rows, set_scores: dict[str, float], suite: Suite, label: str, dataset: str, models: str, tiny_models: bool) -> dict[str, Any]:
-    """Counts and per-column means over finished samples. NaN propagates: one NaN video makes the mean NaN."""
+    """Counts and per-column means over finished samples.
+
+    A column's mean is over the samples that have it (`n_scored` says how many); a sample without it is not
+    applicable, not NaN. NaN propagates: one NaN video makes the mean NaN.
+    """
     rows = list(rows)
     done = [r for r in rows if r.status in ("ok", "nan")]
     names = sorted({k for r in done for k in r.scores})
-    means = {k: float(np.mean([r.scores.get(k, math.nan) for r in done])) for k in names}
+    means = {k: float(np.mean([r.scores[k] for r in done if k in r.scores])) for k in names}
     means.update(set_scores)
 
     def mean_cost(field: str) -> float | None:
@@ -347,6 +477,8 @@ def summarize(rows, set_scores: dict[str, float], suite: Suite, label: str, data
         "n": len(rows), "n_ok": sum(r.status == "ok" for r in rows), "n_nan": sum(r.status == "nan" for r in rows),
         "n_failed": sum(r.status == "failed" for r in rows),
         "scores": {k: _finite(v) for k, v in means.items()},
+        "n_scored": {k: sum(k in r.scores for r in done) for k in names},
+        "suites": dict(Counter(str(r.suite) for r in done)),
         "seconds_per_edit": mean_cost("seconds"), "nfe": mean_cost("nfe"), "peak_mem_mb": mean_cost("peak_mem_mb"),
         "columns": {k: vars(c) for k, c in suite.columns.items()},
         "metric_info": suite.info,

@@ -174,8 +174,8 @@ class CLIPScores(VideoMetric):
         frac = masks.reshape(len(masks), -1).mean(1)
         ok = np.flatnonzero((frac >= self.min_region) & (1 - frac >= self.min_region))
         out = {"region_skipped": float(len(masks) - len(ok)), "region_cotracker": regions.by_cotracker}
-        if len(ok) == 0:
-            return {**out, "clip_tgt_plus": float("nan"), "clip_src_plus": float("nan")}
+        if len(ok) == 0:  # the region is lost in every frame: the `+` columns do not apply to this sample
+            return out
         e_tgt_in = self._source.get(sample, "tgt_in", lambda: self.embed([_bbox_crop(sample.edited_frame, sample.mask, self.fill)]))
         e_out_in = self.embed([_bbox_crop(edited[t], masks[t], self.fill) for t in ok])
         e_src_out = self._source.get(sample, "src_out", lambda: self.embed(blank(sample.source, masks, self.fill)[ok]))

@@ -146,5 +146,6 @@ class FlowError(VideoMetric):
             epe_b = np.linalg.norm(blanked(edited) - src_b, axis=-1)
             keep = ~masks[:-1]
             per_pair = [e[k].mean() for e, k in zip(epe_b, keep) if k.any()]
-            scores["flow_plus"] = float(np.mean(per_pair)) if per_pair else float("nan")
+            if per_pair:  # else the edited region covers every frame: Flow+ does not apply
+                scores["flow_plus"] = float(np.mean(per_pair))
         return scores

@@ -203,6 +203,6 @@ class TIFA(VideoMetric):
     def score(self, sample: EditSample, edited: np.ndarray) -> dict[str, float]:
         qs = self.questions.get(sample.id)
         if not qs:
-            log.warning("TIFA: %s has no questions for sample %s; its tifa is NaN", self.questions_path, sample.id)
-            return {"tifa": float("nan")}
+            log.warning("TIFA: %s has no questions for sample %s; tifa does not apply to it", self.questions_path, sample.id)
+            return {}
         return {"tifa": tifa_score(self.answer(edited, [q["question"] for q in qs]), qs, self.embed)}

@@ -113,7 +113,7 @@ def test_ctrl_c_loses_nothing_already_finished(compose, tmp_path, sample_track):
         run.main(compose("metrics=basic", *cfg))
     run_dir = RunDir(tmp_path / "results" / "sample" / "tiny" / "interrupted")
     assert [r.sample_id for r in run_dir.rows()] == [ids[0]]
-    assert not list(run_dir.root.rglob(".*"))  # no half-written temporary files left behind
+    assert not list(run_dir.root.rglob(".*.tmp.*"))  # no half-written temporary files left behind
     # The rerun (now uninterrupted) resumes: the first sample is skipped, the other two are edited.
     Interrupting.interrupt_on = None
     summary = run.main(compose("metrics=basic", *cfg))
