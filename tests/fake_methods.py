@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from harness.method import EditMethod, NonFiniteEdit
+from harness.metric import Column, VideoMetric
 from harness.types import EditedVideo, EditSample
 
 
@@ -55,3 +56,35 @@ class Reporting(EditMethod):
         info = {"prompt": f"a photo of {sample.id}", "size": [8, 16], "nfe_split": {"inv": 1, "gen": 2},
                 "scale": np.float32(0.5), "latents": np.zeros(3)}
         return EditedVideo(sample.source.copy(), nfe=3, info=info)
+
+
+class Logging(EditMethod):
+    """Returns the source after `sleep_s`, appending "<sample id> <pid>" to `log` for each edit it makes (so a
+    test can count how often each sample was edited, across processes)."""
+
+    uses_models = False
+
+    def __init__(self, name: str, log: str, sleep_s: float = 0.0, device: str = "cpu"):
+        super().__init__(name, device)
+        self.log, self.sleep_s = log, sleep_s
+
+    def edit(self, sample: EditSample, seed: int) -> EditedVideo:
+        import os
+        import time
+
+        time.sleep(self.sleep_s)
+        with open(self.log, "a") as f:  # one short append per edit: atomic under O_APPEND
+            f.write(f"{sample.id} {os.getpid()}\n")
+        return EditedVideo(sample.source.copy(), nfe=0)
+
+
+class PartialMetric(VideoMetric):
+    """`partial` = the mean pixel value, left out (not applicable) for the samples in `skip_ids`."""
+
+    columns = {"partial": Column()}
+
+    def __init__(self, skip_ids: list[str] = ()):
+        self.skip_ids = set(skip_ids)
+
+    def score(self, sample: EditSample, edited) -> dict[str, float]:
+        return {} if sample.id in self.skip_ids else {"partial": float(edited.mean())}
