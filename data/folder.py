@@ -112,7 +112,7 @@ class FolderDataset(EditDataset):
                 ids.append(name)
             else:
                 self.unlisted[name] = problem
-                log.error("dataset %s: %s: left out, its name %s", self.name, self.root / name, problem)
+                log.error("dataset %s: sample folder %r in %s left out: its name %s", self.name, name, self.root, problem)
         self._case_twins = case_collisions(ids)
         return ids
 

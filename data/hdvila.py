@@ -12,10 +12,10 @@ reads a manifest of clips already on disk (CSV or JSON Lines, paths relative to 
     instruction, edit_type, source_prompt, target_prompt    text (edit_type: add_object, change_appearance, ...)
 
 Each row is checked on its own (`read_manifest`; the metadata with `data.schema`); a bad row fails alone,
-named by its line. The dataset is built on first use when a manifest is given, or ahead of time with
-`stage=build`, which cuts each clip to its span, keeps 14 frames, center-crops to 16:9 and resizes to `size`, applies
-the same crop and resize to the edited frame and mask when they have the raw video's size (an edited frame
-already at 16:9 is only resized), and writes the common layout into `data_dir/hdvila_expert`. A bad clip
+named by its line. The build (on first use when a manifest is given, or ahead of time with `stage=build`)
+cuts each clip to its span, keeps 14 frames, center-crops to 16:9 and resizes to `size`, applies the same
+crop and resize to the edited frame and mask when they have the raw video's size (an edited frame already
+at 16:9 is only resized), and writes the common layout into `data_dir/hdvila_expert`. A bad clip
 (missing, unreadable or truncated video, too few frames, non-RGB edit, mask of the wrong size or empty) is
 logged naming the clip and the file and skipped; the build's summary counts it. Files are only read (absolute
 paths are fine); nothing is written outside `data_dir/hdvila_expert`.
