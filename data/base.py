@@ -7,10 +7,21 @@ from pathlib import Path
 from harness.types import EditSample
 
 
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 class EditDataset(abc.ABC):
     def __init__(self, name: str, shard: int = 0, num_shards: int = 1, limit: int | None = None):
+        for key, v in (("dataset.shard", shard), ("dataset.num_shards", num_shards)):
+            if not _is_int(v):
+                raise ValueError(f"{key} must be an integer, got {type(v).__name__} {v!r}")
+        if num_shards < 1:
+            raise ValueError(f"dataset.num_shards must be at least 1, got {num_shards}")
         if not 0 <= shard < num_shards:
             raise ValueError(f"dataset.shard must be in [0, {num_shards}), got {shard}")
+        if limit is not None and (not _is_int(limit) or limit <= 0):
+            raise ValueError(f"dataset.limit must be a positive integer or null (all samples), got {limit!r}")
         self.name, self.shard, self.num_shards, self.limit = name, shard, num_shards, limit
 
     @abc.abstractmethod

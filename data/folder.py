@@ -5,21 +5,36 @@
         edited.png            the edited first frame (any image format; RGB, the video's size)
         mask.png              optional: the edited region of frame 0 (white = edited)
         meta.json             optional: instruction, source_prompt, target_prompt, edit_type, fps, provenance
+                              (checked by `data.schema.check_meta`; other keys pass through)
         truth/                optional ground truth (the sample track has it)
             video.mkv         the correctly edited video
             masks.npz         `masks`: bool T×H×W, the edited region in every frame
             flow.npz          `flow`: (T-1)×H×W×2 forward flow of the source, `valid`: where it is exact
+
+A sample id is its folder's name and becomes a folder of the results, so it is checked with `harness.names`:
+an unsafe name is left out (logged), a folder that is a link to somewhere outside ROOT or whose name differs
+only in case from an earlier one fails that sample. Builders write `BUILD_MARKER` into ROOT when they finish.
 """
 from __future__ import annotations
 
 import json
+import logging
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 from data.base import EditDataset
+from data.schema import SchemaError, check_meta
 from data.video_io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, MediaError, read_image, read_video
+from harness.files import write_json
+from harness.names import case_collisions, is_inside, name_problem
 from harness.types import EditSample, GroundTruth, SampleError
+
+log = logging.getLogger("data")
+
+#: The frame rate of a sample whose meta.json gives none.
+DEFAULT_FPS = 7.0
 
 
 def resample_frames(video: np.ndarray, num_frames: int) -> np.ndarray:
@@ -38,6 +53,33 @@ def _find(sample_dir: Path, stem: str, suffixes: tuple[str, ...], folder_ok: boo
     return None
 
 
+def sample_dir(root: Path, sid: str) -> Path:
+    """`root / sid`, once `sid` is a safe folder name and that folder, links resolved, lies inside `root`."""
+    problem = name_problem(sid)
+    if problem is not None:
+        raise SampleError(sid, root, f"sample id {problem}; it cannot be a folder name")
+    d = root / sid
+    if not is_inside(d, root):
+        raise SampleError(sid, d, f"is a link to {d.resolve()}, outside the dataset folder {root}")
+    return d
+
+
+def read_meta(sid: str, path: Path) -> dict:
+    """A sample's meta.json checked against `data.schema` ({} when there is none)."""
+    if not path.exists() and not path.is_symlink():
+        return {}
+    if not path.is_file():
+        raise SampleError(sid, path, "is not a regular file")
+    try:
+        meta = json.loads(path.read_bytes())
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise SampleError(sid, path, f"invalid JSON ({e})") from e
+    try:
+        return check_meta(meta)
+    except SchemaError as e:
+        raise SampleError(sid, path, str(e)) from e
+
+
 class FolderDataset(EditDataset):
     """Reads samples laid out as in this module's docstring; validates every file it reads."""
 
@@ -47,17 +89,41 @@ class FolderDataset(EditDataset):
             raise ValueError("dataset=folder needs dataset.root=DIR (a folder laid out as in the README)")
         self.root = Path(root)
         self.num_frames = num_frames
+        #: Sample folders left out of `all_ids` because their name cannot be a folder of the results: name -> why.
+        self.unlisted: dict[str, str] = {}
+        self._case_twins: dict[str, str] | None = None
 
     def all_ids(self) -> list[str]:
+        """The sample folders' names, sorted ([] for an empty folder); `FileNotFoundError` when ROOT is missing."""
         if not self.root.is_dir():
-            raise FileNotFoundError(
-                f"dataset {self.name!r}: no folder {self.root} (a dataset that needs building: "
-                f"`python run.py stage=build dataset={self.name}` first)"
-            )
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+            raise FileNotFoundError(self.missing_root())
+        return self._listing()
+
+    def missing_root(self) -> str:
+        """What to tell the user when ROOT is missing."""
+        return f"dataset.root={self.root}: no such folder"
+
+    def _listing(self) -> list[str]:
+        """Sorted sample folder names; unsafe ones are logged and left out, case-insensitive twins remembered."""
+        ids, self.unlisted = [], {}
+        for name in sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
+            problem = name_problem(name)
+            if problem is None:
+                ids.append(name)
+            else:
+                self.unlisted[name] = problem
+                log.error("dataset %s: sample folder %r in %s left out: its name %s", self.name, name, self.root, problem)
+        self._case_twins = case_collisions(ids)
+        return ids
 
     def load(self, sample_id: str) -> EditSample:
-        d = self.root / sample_id
+        d = sample_dir(self.root, sample_id)
+        if self._case_twins is None and self.root.is_dir():
+            self._listing()
+        twin = (self._case_twins or {}).get(sample_id)
+        if twin is not None:
+            raise SampleError(sample_id, d, f"differs only in case from sample {twin!r}: the two would share one "
+                              "folder on a case-insensitive filesystem")
         try:
             return self._load(sample_id, d)
         except MediaError as e:
@@ -90,24 +156,19 @@ class FolderDataset(EditDataset):
             if not mask.any():
                 raise SampleError(sid, mask_path, "mask is empty (no pixel above 127)")
 
-        meta = {}
-        if (d / "meta.json").is_file():
-            try:
-                meta = json.loads((d / "meta.json").read_text())
-            except json.JSONDecodeError as e:
-                raise SampleError(sid, d / "meta.json", f"invalid JSON ({e})") from e
+        meta = read_meta(sid, d / "meta.json")
 
         return EditSample(
             id=sid,
             source=source,
             edited_frame=edited,
             mask=mask,
-            instruction=meta.get("instruction", ""),
+            instruction=meta.get("instruction") or "",
             source_prompt=meta.get("source_prompt"),
             target_prompt=meta.get("target_prompt"),
             edit_type=meta.get("edit_type"),
             truth=self._truth(sid, d / "truth", source),
-            fps=float(meta.get("fps", 7.0)),
+            fps=float(meta.get("fps") or DEFAULT_FPS),
             meta=meta,
         )
 
@@ -132,3 +193,61 @@ class FolderDataset(EditDataset):
                 else:
                     truth.flow, truth.flow_valid = arrays[0].astype(np.float32), arrays[1].astype(bool)
         return truth
+
+
+#: Written into a built dataset's root when a build finishes: what it was built from and how it went.
+BUILD_MARKER = "_build.json"
+
+
+def read_marker(root: Path) -> dict | None:
+    """The marker of the last finished build in `root`, None when there is none (or it is unreadable)."""
+    try:
+        marker = json.loads((root / BUILD_MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return marker if isinstance(marker, dict) else None
+
+
+def finish_build(root: Path, name: str, summary: dict, key: dict) -> dict:
+    """End a build: write the marker (`key` plus the counts) when anything is usable, else log that every row
+    failed, so that a build with nothing to show is never mistaken for a finished one. Returns `summary`."""
+    if summary["n_built"] + summary["n_skipped"] == 0:
+        why = f"every row failed ({summary['n_failed']})" if summary["n_failed"] else "there were no rows"
+        log.error("dataset %s: %s; nothing was built into %s", name, why, root)
+    else:
+        write_json(root / BUILD_MARKER, {
+            **key, "n_built": summary["n_built"], "n_skipped": summary["n_skipped"], "n_failed": summary["n_failed"],
+            "failed": sorted(summary["failed"]), "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        })
+    return summary
+
+
+def rough_duration(n: int, seconds_each: float) -> str:
+    """`n` items at `seconds_each`, in words ("about 12 min"), for a log line that sets expectations."""
+    s = n * seconds_each
+    if s < 60:
+        return f"about {s:.0f} s"
+    return f"about {s / 60:.0f} min" if s < 3600 else f"about {s / 3600:.1f} h"
+
+
+class BuiltDataset(FolderDataset):
+    """A folder dataset that a builder writes into `data_dir/<name>`: `all_ids` builds it on first use when
+    `BUILD_MARKER` is missing or was written for another source (see `build_key` and `serves`)."""
+
+    def build_key(self) -> dict | None:
+        """What a finished build must have been made from to serve this config; None when this config cannot
+        build (then an existing folder is read as it is)."""
+        raise NotImplementedError
+
+    def serves(self, marker: dict, key: dict) -> bool:
+        """Whether the finished build described by `marker` serves this config."""
+        return all(marker.get(k) == v for k, v in key.items())
+
+    def all_ids(self) -> list[str]:
+        key = self.build_key()
+        marker = read_marker(self.root)
+        if key is not None and (marker is None or not self.serves(marker, key)):
+            log.warning("dataset %s: %s holds no finished build of %s: building it now (`stage=build` builds ahead "
+                        "of time)", self.name, self.root, key)
+            self.build(self.root.parent)
+        return super().all_ids()

@@ -104,9 +104,15 @@ def test_shards_cover_every_sample_exactly_once(sample_track):
         SampleTrack(data_dir=sample_track._data_dir, shard=2, num_shards=2)
 
 
-def test_unbuilt_dataset_says_how_to_build_it(tmp_path):
-    with pytest.raises(FileNotFoundError, match="stage=build dataset=hdvila_expert"):
-        FolderDataset(tmp_path / "nothing", name="hdvila_expert").ids()
+def test_missing_folders_say_what_to_give(tmp_path):
+    from data.hdvila import HDVILAExpert
+
+    with pytest.raises(FileNotFoundError, match=f"dataset.root={tmp_path / 'nothing'}: no such folder"):
+        FolderDataset(tmp_path / "nothing").ids()
+    with pytest.raises(FileNotFoundError, match="give dataset.manifest=FILE"):
+        HDVILAExpert(tmp_path).ids()
+    (tmp_path / "empty").mkdir()
+    assert FolderDataset(tmp_path / "empty").ids() == []
 
 
 # --- HD-VILA expert manifest builder -------------------------------------------------------------------
