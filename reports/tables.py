@@ -118,6 +118,8 @@ def shown_tables(df: pd.DataFrame, columns: dict[str, dict]) -> list[tuple[str, 
     for c in metric_order(df.columns, columns):
         if count_column(c) in df:
             shown[c] = [shown_value(v, n, f) for v, n, f in zip(df[c], df[count_column(c)], finished)]
+    for c in filter(is_count, df.columns):
+        shown[c] = [("—" if pd.isna(n) else int(n)) for n in df[c]]  # "—": the run has no such column
     diagnostics = [c for c in df if is_diagnostic(c, columns)]
     main = shown[[c for c in shown if c not in diagnostics]]
     parts = [("All results", main.rename(columns=lambda c: c if c in ID_COLUMNS else header(c, columns)))]

@@ -267,6 +267,7 @@ def test_means_cover_the_samples_that_have_the_column(tmp_path):
     masked = lambda sid, plus: ScoreRow(sid, "ok", {"clip_tgt": 0.5, "clip_tgt_plus": plus}, suite="s1")  # noqa: E731
     plus_run(res, "videoshop", [masked("a", 0.6), masked("b", 0.7), ScoreRow("c", "ok", {"clip_tgt": 0.8}, suite="s1")])
     plus_run(res, "bdia", [masked("a", 0.6), masked("b", 0.7), ScoreRow("c", "nan", {"clip_tgt": math.nan}, suite="s1")])
+    plus_run(res, "static", [ScoreRow("a", "ok", {"clip_tgt": 0.4}, suite="s1")])  # no sample has a mask
     write_report(res)
     table = pd.read_csv(res / "table.csv").set_index("method")
     vs, bd = table.loc["videoshop"], table.loc["bdia"]
@@ -279,6 +280,9 @@ def test_means_cover_the_samples_that_have_the_column(tmp_path):
     assert "65.00 (n=2)" in videoshop and "60.00 (n=" not in videoshop
     assert "(n=" not in next(line for line in main.splitlines() if "| bdia" in line)
     assert "n_clip_tgt_plus" in md.split("### Diagnostics")[1]
+    st = table.loc["static"]
+    assert math.isnan(st["clip_tgt_plus"]) and pd.isna(st["n_clip_tgt_plus"]) and st["n_clip_tgt"] == 1
+    assert "<NA>" not in md and next(line for line in main.splitlines() if "| static" in line).count("—") == 1
     assert "65.00 (n=2)" in (res / "table.tex").read_text() and "65.00 (n=2)" in (res / "index.html").read_text()
     t2 = (res / "paper" / "table2.md").read_text()  # the paper's layout marks the partial mean too
     assert "65.00 (n=2)" in t2 and "60.00 (n=" not in t2
@@ -303,3 +307,20 @@ def test_gallery_without_media_still_lists_the_samples(tmp_path, caplog):
     (w.results / "gallery").write_text("a file, not a folder")
     page = html.unescape(check_report(w, [FULL_ALPHA, FULL_BETA], caplog))
     assert page.count("cannot write gallery/folder/") == 3
+
+
+def test_a_sample_view_that_raises_is_shown_with_its_error(tmp_path, caplog, monkeypatch):
+    import reports.gallery as gallery
+
+    real = gallery._edit
+
+    def edit(run, sid, results_dir):
+        if sid == "b":
+            raise RuntimeError("boom while drawing b")
+        return real(run, sid, results_dir)
+
+    monkeypatch.setattr(gallery, "_edit", edit)
+    w = build(tmp_path)
+    page = html.unescape(check_report(w, [FULL_ALPHA, FULL_BETA], caplog))
+    assert "folder / b" in page and "cannot be shown: RuntimeError: boom while drawing b" in page
+    assert page.count('class="sample"') == 3 and "boom while drawing b" in caplog.text
