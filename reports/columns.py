@@ -22,13 +22,23 @@ DIAGNOSTIC_GROUPS = {"regions", "set size"}
 DIAGNOSTIC_COLUMNS = {"region_cotracker", "region_skipped", "fvd_n", "fvd_frames"}
 
 
+def count_column(name: str) -> str:
+    """The diagnostic column counting the samples behind column `name`'s mean."""
+    return f"n_{name}"
+
+
+def is_count(name: str) -> bool:
+    """A sample count (`n_<metric>`, `n_damaged`, `n_suites`) beyond the run's own counts in ID_COLUMNS."""
+    return name.startswith("n_") and name not in ID_COLUMNS
+
+
 def is_cost(name: str) -> bool:
     return name in COST_COLUMNS or name.startswith("time_x_")
 
 
 def is_diagnostic(name: str, columns: dict[str, dict]) -> bool:
-    """A bookkeeping column: its recorded group is one of DIAGNOSTIC_GROUPS, or it is a known one."""
-    return name in DIAGNOSTIC_COLUMNS or columns.get(name, {}).get("group") in DIAGNOSTIC_GROUPS
+    """A bookkeeping column: a sample count, its recorded group is one of DIAGNOSTIC_GROUPS, or it is a known one."""
+    return is_count(name) or name in DIAGNOSTIC_COLUMNS or columns.get(name, {}).get("group") in DIAGNOSTIC_GROUPS
 
 
 def metric_order(names, columns: dict[str, dict]) -> list[str]:

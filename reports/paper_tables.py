@@ -72,20 +72,22 @@ class Layout:
 
     key: str
     title: str
-    frame: pd.DataFrame  # columns: method, kind, row, dataset, models, tiny, comparable, note, <metric keys>
+    frame: pd.DataFrame  # columns: method, kind, row, dataset, models, tiny, comparable, note, <metric keys>, n_<metric key>
     metrics: list[tuple[str, str, str]]  # (key, group, header with arrow)
     dash: set[str] = field(default_factory=set)  # columns where a missing value prints "—" (not printed), not NaN
     measured: set[str] = field(default_factory=set)  # metrics the results have; others print "—" in measured rows
 
     def formatted(self) -> pd.DataFrame:
-        """Strings as printed: 2 decimals, signed differences, grouped (group, header) columns."""
+        """Strings as printed: 2 decimals, signed differences, grouped (group, header) columns; a measured mean over
+        part of the run's finished samples as `63.20 (n=9)`."""
         f = self.frame
         out = {("", "Method"): f["method"].map(display_name), ("", "Row"): f["row"]}
         for key, group, header in self.metrics:
+            counts = f[f"n_{key}"] if f"n_{key}" in f else pd.Series(math.nan, index=f.index)
             out[(group, header)] = [
                 "—" if r != "paper" and key not in self.measured | self.dash
-                else _fmt(v, signed=r == "Δ", missing="—" if key in self.dash else "NaN")
-                for v, r in zip(f[key], f["kind"])
+                else _fmt(v, signed=r == "Δ", missing="—" if key in self.dash else "NaN") + ("" if pd.isna(n) else f" (n={int(n)})")
+                for v, r, n in zip(f[key], f["kind"], counts)
             ]
         out[("", "Note")] = f["note"]
         return pd.DataFrame(out, index=f.index).set_axis(pd.MultiIndex.from_tuples(out), axis=1)
@@ -141,6 +143,13 @@ def time_multiples(table: pd.DataFrame, reference: str = "videoshop") -> pd.Seri
     ref = ref[~ref.index.duplicated()]
     denom = [ref.get((d, m), math.nan) for d, m in zip(table["dataset"], table["models"])]
     return table["seconds_per_edit"] / pd.Series(denom, index=table.index, dtype=float)
+
+
+def _partial_counts(row: pd.Series, keys: list[str]) -> dict[str, int]:
+    """`n_<key>` for each metric whose mean covers fewer than the run's finished samples (see reports.tables)."""
+    finished = int(row["n"]) - int(row.get("n_failed", 0))
+    counts = {k: row.get(f"n_{k}") for k in keys}
+    return {f"n_{k}": int(n) for k, n in counts.items() if n is not None and not pd.isna(n) and 0 < n < finished}
 
 
 def _why_not_comparable(row: pd.Series, key: str) -> list[str]:
@@ -211,7 +220,7 @@ def paper_layout(key: str, table: pd.DataFrame, cfg: LayoutConfig) -> Layout:
             mvals = {k: float(m.get(k, math.nan)) for k in keys + ["time_x"]}
             where = f"{m['dataset']}/{m['models']}"
             label = f"measured {where}" + ("" if m["method"] == method else f" ({m['method']})")
-            add(method, "measured", f"{label} n={int(m['n'])}", mvals, m, _note(m, key))
+            add(method, "measured", f"{label} n={int(m['n'])}", mvals | _partial_counts(m, keys), m, _note(m, key))
             delta = {k: mvals[k] - pvals[k] for k in mvals}
             if method == cfg.time_reference:  # its time is 1 by definition: no difference to show
                 delta["time_x"] = math.nan
@@ -220,9 +229,11 @@ def paper_layout(key: str, table: pd.DataFrame, cfg: LayoutConfig) -> Layout:
     if not measured.empty and cfg.other_methods.get(key, True):
         for _, m in measured[~measured["paper_method"].isin(paper.index)].iterrows():
             mvals = {k: float(m.get(k, math.nan)) for k in keys + ["time_x"]}
-            add(m["method"], "measured", f"measured {m['dataset']}/{m['models']} n={int(m['n'])} (not in the paper)", mvals,
-                m, _note(m, key))
-    return Layout(f"table{key}", title, pd.DataFrame(rows), metrics, dash={"time_x"}, measured=set(table.columns))
+            add(m["method"], "measured", f"measured {m['dataset']}/{m['models']} n={int(m['n'])} (not in the paper)",
+                mvals | _partial_counts(m, keys), m, _note(m, key))
+    frame = pd.DataFrame(rows)
+    frame = frame.astype({c: "Int64" for c in frame if c.startswith("n_")})
+    return Layout(f"table{key}", title, frame, metrics, dash={"time_x"}, measured=set(table.columns))
 
 
 def table4_layout(table: pd.DataFrame, cfg: LayoutConfig) -> Layout:

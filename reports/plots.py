@@ -145,7 +145,12 @@ def write_plots(results_dir: Path, table: pd.DataFrame, columns: dict[str, dict]
     paper_of = {ds: ds for _, ds in TABLES.values()}
     if not table.empty:
         for (dataset, models), _ in table.groupby(["dataset", "models"], sort=True):
-            p = metric_comparison(table, dataset, models, out_dir / f"metrics_{dataset}_{models}.png", paper_of.get(dataset), columns)
+            try:
+                p = metric_comparison(table, dataset, models, out_dir / f"metrics_{dataset}_{models}.png", paper_of.get(dataset), columns)
+            except Exception as e:  # one plot must not stop the report
+                log.error("plots: metrics of %s/%s: %s: %s", dataset, models, type(e).__name__, e)
+                plt.close("all")
+                continue
             if p is not None:
                 paths.append(p)
     for folder in sorted(p for p in (results_dir / "linearity").glob("*") if p.is_dir()):

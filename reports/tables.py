@@ -1,52 +1,75 @@
 """Everything under `results_dir` -> one table (one row per dataset × models × method), as CSV, Markdown and LaTeX,
 plus the paper's layouts (`paper/`), plots (`plots/`) and the gallery (`index.html`).
 
-Values are means over a run's finished samples (NaN propagates, as in the paper's Table 5), and
-set-level metrics (FVD) come from the run's summary. CLIP, TIFA and SSIM columns are ×100 as the paper
-prints them; each metric says so itself in the run's recorded column info. Columns run: ids, metrics
-in the paper's order, costs, then the bookkeeping columns (region tracker, skipped frames, FVD's set
-size), which the printed tables show apart as diagnostics.
+Values are means over a run's finished samples that have the column: a column absent from a row is not
+applicable to that sample (no mask for the `+` columns, a metric added after the sample was scored), while
+a status-"nan" row counts as NaN in every column, so NaN propagates (as in the paper's Table 5).
+`n_<metric>` (a diagnostic column) counts the samples behind each mean, and the printed tables show
+`63.20 (n=9)` where that is fewer than the run's finished samples. Set-level metrics (FVD) come from the
+run's summary. CLIP, TIFA and SSIM columns are ×100 as the paper prints them; each metric says so itself
+in the run's recorded column info. Columns run: ids, metrics in the paper's order, costs, then the
+bookkeeping columns (sample counts, damaged rows, metric suites, region tracker, skipped frames, FVD's
+set size), which the printed tables show apart as diagnostics. Damaged files are skipped and listed
+(`reports.runs`).
 """
 from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from harness.files import read_json, write_atomic
-from harness.results import find_runs
-from reports.columns import COST_COLUMNS, ID_COLUMNS, header, is_diagnostic, metric_order
+from harness.files import write_atomic
+from reports.columns import COST_COLUMNS, ID_COLUMNS, count_column, header, is_count, is_diagnostic, metric_order
 from reports.paper_tables import Layout, LayoutConfig, all_layouts, latex_symbols, time_multiples
+from reports.runs import Problems, ReportRun, read_runs
 
 log = logging.getLogger("report")
 
+
+def run_record(run: ReportRun, problems: Problems) -> dict:
+    """One run's table row from its rows: counts, per-column means with their sample counts, costs.
+
+    A status-"nan" row counts as NaN in every column of the run; other rows count only where they have the column.
+    """
+    rows = run.rows
+    done = [r for r in rows if r.status in ("ok", "nan")]
+    suites = Counter(str(r.suite) for r in rows if r.status == "ok")  # a row with no recorded suite counts as "None"
+    rec = {
+        "dataset": run.dataset, "method": run.method, "models": run.models, "tiny": run.tiny,
+        "n": len(rows), "n_failed": sum(r.status == "failed" for r in rows), "n_nan": sum(r.status == "nan" for r in rows),
+        "n_damaged": len(run.damaged), "n_suites": len(suites),
+    }
+    if len(suites) > 1:
+        counts = ", ".join(f"{name}: {n}" for name, n in sorted(suites.items()))
+        problems.note(f"run {run.where}: its rows were scored by {len(suites)} different metric suites ({counts} rows); "
+                      f"run `{run.rescore_command()}` with that config to rescore")
+    for name in sorted({k for r in done for k in r.scores}):
+        vals = [r.scores.get(name, math.nan) for r in done if name in r.scores or r.status == "nan"]
+        rec[name], rec[count_column(name)] = float(np.mean(vals)), len(vals)
+    for name, v in run.summary.get("scores", {}).items():  # set-level metrics live only in the summary
+        if name not in rec:
+            rec[name] = math.nan if v is None else float(v)
+    for field in ("seconds", "peak_mem_mb", "nfe"):
+        vals = [getattr(r.costs, field) for r in done if getattr(r.costs, field) is not None]
+        rec["seconds_per_edit" if field == "seconds" else field] = float(np.mean(vals)) if vals else math.nan
+    return rec
+
+
+def records(runs: list[ReportRun], problems: Problems) -> tuple[pd.DataFrame, dict[str, dict]]:
+    """One row per run, and every metric's column info (from the runs' summaries)."""
+    columns = {}
+    for run in runs:
+        columns.update(run.columns)
+    return pd.DataFrame.from_records([run_record(run, problems) for run in runs]), columns
+
+
 def collect(results_dir: str | Path) -> tuple[pd.DataFrame, dict[str, dict]]:
-    """One row per run, recomputed from the per-sample rows; plus every metric's column info."""
-    records, columns = [], {}
-    for run in find_runs(results_dir):
-        info = run.info()
-        rows = run.rows()
-        summary = read_json(run.root / "summary.json") if (run.root / "summary.json").exists() else {}
-        columns.update(summary.get("columns", {}))
-        done = [r for r in rows if r.status in ("ok", "nan")]
-        rec = {
-            "dataset": info["dataset"], "method": info["method"], "models": info["models"],
-            "tiny": bool(summary.get("tiny", info.get("tiny_models", False))),
-            "n": len(rows), "n_failed": sum(r.status == "failed" for r in rows), "n_nan": sum(r.status == "nan" for r in rows),
-        }
-        for name in sorted({k for r in done for k in r.scores}):
-            rec[name] = float(np.mean([r.scores.get(name, math.nan) for r in done]))
-        for name, v in summary.get("scores", {}).items():  # set-level metrics live only in the summary
-            if name not in rec:
-                rec[name] = math.nan if v is None else float(v)
-        for field in ("seconds", "peak_mem_mb", "nfe"):
-            vals = [getattr(r.costs, field) for r in done if getattr(r.costs, field) is not None]
-            rec["seconds_per_edit" if field == "seconds" else field] = float(np.mean(vals)) if vals else math.nan
-        records.append(rec)
-    return pd.DataFrame.from_records(records), columns
+    """One row per readable run under `results_dir`, recomputed from the per-sample rows; plus every metric's column info."""
+    return records(*read_runs(results_dir))
 
 
 def build_table(results_dir: str | Path) -> pd.DataFrame:
@@ -62,17 +85,41 @@ def shape_table(df: pd.DataFrame, columns: dict[str, dict]) -> pd.DataFrame:
     for name, col in columns.items():
         if col.get("percent") and name in df:
             df[name] = df[name] * 100
-    rest = [c for c in df if c not in ID_COLUMNS]
+    rest = [c for c in df if c not in ID_COLUMNS and not _counts_bookkeeping(c, columns)]
+    for c in rest:
+        if is_count(c):
+            df[c] = df[c].astype("Int64")  # whole numbers in table.csv; empty where the run lacks the column
     costs = [c for c in COST_COLUMNS if c in df]
     diagnostics = sorted(c for c in rest if is_diagnostic(c, columns))
     df = df[ID_COLUMNS + metric_order(rest, columns) + costs + diagnostics]
     return df.sort_values(["dataset", "models", "method"]).reset_index(drop=True)
 
 
+def _counts_bookkeeping(name: str, columns: dict[str, dict]) -> bool:
+    """`n_<column>` of a bookkeeping column: not worth a column of its own."""
+    return is_count(name) and is_diagnostic(name[2:], columns)
+
+
+def shown_value(value: float, n, finished: int) -> str:
+    """A mean as printed: 2 decimals, `NaN`, `—` when no sample has the column, and `(n=…)` when fewer
+    samples than the run's finished ones have it."""
+    if pd.isna(n) or n == 0:
+        return "—" if pd.isna(value) else f"{value:.2f}"
+    text = "NaN" if math.isnan(value) else f"{value:.2f}"
+    return text if n >= finished else f"{text} (n={int(n)})"
+
+
 def shown_tables(df: pd.DataFrame, columns: dict[str, dict]) -> list[tuple[str, pd.DataFrame]]:
-    """The table as printed, in two parts: metrics and costs (headers with ↑/↓), and the bookkeeping columns."""
+    """The table as printed, in two parts: metrics and costs (headers with ↑/↓), and the bookkeeping columns.
+    A metric's mean over part of the run's finished samples prints as `63.20 (n=9)`."""
     shown = df.copy()
     shown["tiny"] = shown["tiny"].map({True: "tiny (not comparable)", False: ""})
+    finished = df["n"] - df["n_failed"]
+    for c in metric_order(df.columns, columns):
+        if count_column(c) in df:
+            shown[c] = [shown_value(v, n, f) for v, n, f in zip(df[c], df[count_column(c)], finished)]
+    for c in filter(is_count, df.columns):
+        shown[c] = [("—" if pd.isna(n) else int(n)) for n in df[c]]  # "—": the run has no such column
     diagnostics = [c for c in df if is_diagnostic(c, columns)]
     main = shown[[c for c in shown if c not in diagnostics]]
     parts = [("All results", main.rename(columns=lambda c: c if c in ID_COLUMNS else header(c, columns)))]
@@ -102,7 +149,8 @@ def write_report(results_dir: str | Path, report_cfg=None) -> pd.DataFrame:
     results_dir = Path(results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
     cfg = LayoutConfig.from_config(report_cfg)
-    raw, columns = collect(results_dir)
+    runs, problems = read_runs(results_dir)
+    raw, columns = records(runs, problems)
     df = shape_table(raw, columns)
     tables_html = []
     if df.empty:
@@ -113,6 +161,9 @@ def write_report(results_dir: str | Path, report_cfg=None) -> pd.DataFrame:
         write_atomic(results_dir / "table.csv", df.to_csv(index=False, float_format="%.4f"))
         parts = shown_tables(df, columns)
         md = "\n\n".join(f"### {title}\n\n" + t.to_markdown(index=False, floatfmt=".2f") for title, t in parts)
+        lines = problems.lines(results_dir)
+        if lines:
+            md += "\n\n### Problems reading the results\n\n" + "\n".join(f"- {line}" for line in lines)
         write_atomic(results_dir / "table.md", md + "\n")
         tex = "\n".join(latex_symbols(t.to_latex(index=False, float_format="%.2f", na_rep="NaN", escape=True, caption=title))
                         for title, t in parts)
@@ -125,6 +176,6 @@ def write_report(results_dir: str | Path, report_cfg=None) -> pd.DataFrame:
     tables_html += [(lay.title, lay.html()) for lay in layouts]
     plots = write_plots(results_dir, df, columns)
     max_samples = None if report_cfg is None else report_cfg.get("gallery_max_samples")
-    page = write_gallery(results_dir, tables_html, plots, max_samples)
+    page = write_gallery(results_dir, tables_html, plots, max_samples, runs, problems)
     log.info("report: %s, %s, %d plots, %s", results_dir / "table.md", results_dir / "paper", len(plots), page)
     return df
