@@ -4,6 +4,7 @@ from __future__ import annotations
 import abc
 from pathlib import Path
 
+from harness.names import check_name
 from harness.types import EditSample
 
 
@@ -22,7 +23,8 @@ class EditDataset(abc.ABC):
             raise ValueError(f"dataset.shard must be in [0, {num_shards}), got {shard}")
         if limit is not None and (not _is_int(limit) or limit <= 0):
             raise ValueError(f"dataset.limit must be a positive integer or null (all samples), got {limit!r}")
-        self.name, self.shard, self.num_shards, self.limit = name, shard, num_shards, limit
+        self.name = check_name(name, "dataset.name")  # it names the dataset's folders under data_dir and results_dir
+        self.shard, self.num_shards, self.limit = shard, num_shards, limit
 
     @abc.abstractmethod
     def all_ids(self) -> list[str]:

@@ -319,7 +319,7 @@ def run(cfg: DictConfig, overrides: list[str] = ()) -> dict[str, Any]:
         summary.update({"finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                         "skipped": counts["skipped"], "suite": suite_key,
                         "damaged": {str(p.relative_to(run_dir.root)): why for p, why in scan.damaged.items()},
-                        "unsafe_ids": job.unsafe})
+                        "unsafe_ids": {**getattr(dataset, "unlisted", {}), **job.unsafe}})
         run_dir.write_summary(summary)
     if len(summary["suites"]) > 1:
         log.warning("%s: its samples were scored by %d different metric suites (%s); `stage=score` with this "
@@ -331,7 +331,9 @@ def run(cfg: DictConfig, overrides: list[str] = ()) -> dict[str, Any]:
 
 
 def _where(dataset) -> str:
-    root = getattr(dataset, "root", None)
+    root, unlisted = getattr(dataset, "root", None), getattr(dataset, "unlisted", {})
+    if unlisted:
+        return f" (every sample folder in {root} has a name that cannot be a folder: {', '.join(map(repr, unlisted))})"
     return f" (its folder {root} holds no sample folder)" if root is not None else ""
 
 

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from hydra.errors import InstantiationException
 
 import run
 from harness.files import HOST, clean_stale_temps
@@ -46,11 +47,11 @@ def rows(results: Path, method: str, dataset: str = "sample") -> dict:
 # 1. Names from overrides never become paths outside results_dir.
 @pytest.mark.parametrize("override", [
     "tag=../evil", "tag=/tmp/evil_abs", "tag=a/b", "tag=.hidden", "tag=..", "models.name=../../escape",
-    "method.name=../up",
+    "method.name=../up", "dataset.name=../escape",
 ])
 def test_unsafe_names_in_overrides_are_refused_and_nothing_is_written(compose, tmp_path, override):
     before = snapshot(tmp_path)
-    with pytest.raises(UnsafeName, match=r"cannot be used as a folder name"):
+    with pytest.raises((UnsafeName, InstantiationException), match=r"cannot be used as a folder name"):
         run.main(compose(*BASIC, "dataset.limit=1", override))
     assert snapshot(tmp_path) == before and not (tmp_path / "results").exists()
     assert not Path("/tmp/evil_abs").exists()
@@ -262,3 +263,13 @@ def test_empty_root_exits_non_zero_with_a_warning(tmp_path, data_dir):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 2 and "no samples" in out + err and "Traceback" not in out + err
     assert not (tmp_path / "results" / "folder").exists()
+
+
+def test_build_in_which_every_row_failed_is_an_error(compose, tmp_path):
+    manifest = tmp_path / "clips.jsonl"
+    manifest.write_text("".join(json.dumps({"clip_id": f"c{i}", "video": f"missing{i}.mp4", "edited": "e.png",
+                                            "instruction": "add a hat"}) + "\n" for i in range(2)))
+    with pytest.raises(run.BuildFailed, match="every one of its 2 samples failed"):
+        run.main(compose("stage=build", "dataset=hdvila_expert", f"dataset.manifest={manifest}",
+                         f"data_dir={tmp_path / 'prepared'}"))
+    assert not list((tmp_path / "prepared").rglob("*/meta.json"))
