@@ -67,11 +67,9 @@ class FolderDataset(EditDataset):
         src_path = _find(d, "source", VIDEO_SUFFIXES, folder_ok=True)
         if src_path is None:
             raise SampleError(sid, d / "source.mp4", "missing source video (source.mp4/.mkv/.gif/... or source/ frames)")
-        source = read_video(src_path)
+        source = read_video(src_path, self.num_frames)
         if len(source) < self.num_frames:
             raise SampleError(sid, src_path, f"has {len(source)} frames, needs at least {self.num_frames}")
-        if len(source) > self.num_frames:
-            source = resample_frames(source, self.num_frames)
 
         edit_path = _find(d, "edited", IMAGE_SUFFIXES)
         if edit_path is None:

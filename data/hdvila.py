@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from data.folder import FolderDataset, resample_frames
+from data.folder import FolderDataset
 from data.video_io import MediaError, decode_video, read_image, write_image, write_video_lossless
 from harness.files import write_json
 from harness.types import SampleError
@@ -116,15 +116,12 @@ class HDVILAExpert(FolderDataset):
         video_path = (base / row["video"]).resolve()
         if not video_path.is_file():
             raise SampleError(sid, video_path, f"missing video file (download it first; url: {row.get('url') or '?'})")
-        raw, _ = _media(sid, video_path, decode_video, start, end)
-        if idx is not None:
-            if len(idx) != self.num_frames or min(idx) < 0 or max(idx) >= len(raw):
-                raise SampleError(sid, video_path, f"frames {idx} must be {self.num_frames} indices in [0, {len(raw)})")
-            raw = raw[idx]
-        elif len(raw) < self.num_frames:
+        if idx is not None and len(idx) != self.num_frames:
+            raise SampleError(sid, video_path, f"frames {idx} must be {self.num_frames} indices within the span")
+        pick = {"indices": idx} if idx is not None else {"num_frames": self.num_frames}
+        raw, _ = _media(sid, video_path, decode_video, start, end, **pick)
+        if len(raw) < self.num_frames:
             raise SampleError(sid, video_path, f"span has {len(raw)} frames, needs at least {self.num_frames}")
-        else:
-            raw = resample_frames(raw, self.num_frames)
         h, w = raw.shape[1:3]
         box = center_crop_box(h, w)
         video = crop_resize(raw, box, self.size)
