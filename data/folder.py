@@ -26,7 +26,7 @@ import numpy as np
 
 from data.base import EditDataset
 from data.schema import SchemaError, check_meta
-from data.video_io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, MediaError, read_image, read_video
+from data.video_io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, MediaError, evenly_spaced, read_image, read_video
 from harness.files import write_json
 from harness.names import case_collisions, is_inside, name_problem
 from harness.types import EditSample, GroundTruth, SampleError
@@ -39,8 +39,7 @@ DEFAULT_FPS = 7.0
 
 def resample_frames(video: np.ndarray, num_frames: int) -> np.ndarray:
     """Keep `num_frames` frames spread evenly over the clip, first and last included (rounded indices)."""
-    idx = np.round(np.linspace(0, len(video) - 1, num_frames)).astype(int)
-    return video[idx]
+    return video[evenly_spaced(len(video), num_frames)]
 
 
 def _find(sample_dir: Path, stem: str, suffixes: tuple[str, ...], folder_ok: bool = False) -> Path | None:
@@ -133,11 +132,9 @@ class FolderDataset(EditDataset):
         src_path = _find(d, "source", VIDEO_SUFFIXES, folder_ok=True)
         if src_path is None:
             raise SampleError(sid, d / "source.mp4", "missing source video (source.mp4/.mkv/.gif/... or source/ frames)")
-        source = read_video(src_path)
+        source = read_video(src_path, self.num_frames)
         if len(source) < self.num_frames:
             raise SampleError(sid, src_path, f"has {len(source)} frames, needs at least {self.num_frames}")
-        if len(source) > self.num_frames:
-            source = resample_frames(source, self.num_frames)
 
         edit_path = _find(d, "edited", IMAGE_SUFFIXES)
         if edit_path is None:

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from tqdm import tqdm
 
-from data.folder import BuiltDataset, finish_build, resample_frames, rough_duration, sample_dir
+from data.folder import BuiltDataset, finish_build, rough_duration, sample_dir
 from data.schema import SchemaError, check_meta, is_number
 from data.video_io import MediaError, decode_video, read_image, write_image, write_video_lossless
 from harness.files import write_json
@@ -255,15 +255,12 @@ class HDVILAExpert(BuiltDataset):
         if not video_path.exists():
             raise SampleError(sid, video_path, f"missing video file (download it first; url: {row.get('url') or '?'})")
         _regular_file(sid, video_path)
-        raw, _ = _media(sid, video_path, decode_video, start, end)
-        if idx is not None:
-            if len(idx) != self.num_frames or min(idx) < 0 or max(idx) >= len(raw):
-                raise SampleError(sid, video_path, f"frames {idx} must be {self.num_frames} indices in [0, {len(raw)})")
-            raw = raw[idx]
-        elif len(raw) < self.num_frames:
+        if idx is not None and len(idx) != self.num_frames:
+            raise SampleError(sid, video_path, f"frames {idx} must be {self.num_frames} indices within the span")
+        pick = {"indices": idx} if idx is not None else {"num_frames": self.num_frames}
+        raw, _ = _media(sid, video_path, decode_video, start, end, **pick)
+        if len(raw) < self.num_frames:
             raise SampleError(sid, video_path, f"span has {len(raw)} frames, needs at least {self.num_frames}")
-        else:
-            raw = resample_frames(raw, self.num_frames)
         h, w = raw.shape[1:3]
         box = center_crop_box(h, w)
         video = crop_resize(raw, box, self.size)
