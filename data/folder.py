@@ -27,7 +27,7 @@ import numpy as np
 from data.base import EditDataset
 from data.schema import SchemaError, check_meta
 from data.video_io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, MediaError, evenly_spaced, read_image, read_video
-from harness.files import write_json
+from harness.files import clean_stale_temps, write_json
 from harness.names import case_collisions, is_inside, name_problem
 from harness.types import EditSample, GroundTruth, SampleError
 
@@ -246,5 +246,6 @@ class BuiltDataset(FolderDataset):
         if key is not None and (marker is None or not self.serves(marker, key)):
             log.warning("dataset %s: %s holds no finished build of %s: building it now (`stage=build` builds ahead "
                         "of time)", self.name, self.root, key)
+            clean_stale_temps(self.root)
             self.build(self.root.parent)
         return super().all_ids()

@@ -200,6 +200,16 @@ def _logging_method(log: Path, sleep_s: float) -> tuple[str, ...]:
             f"+method.sleep_s={sleep_s}", "tag=logged", "dataset.limit=4")
 
 
+def _started_with_one_row(tmp_path: Path, data_dir: Path, log: Path, sleep_s: float) -> tuple[subprocess.Popen, RunDir]:
+    """A `python run.py` of the logging method, once its first sample is finished."""
+    proc = _run_py(tmp_path, data_dir, *_logging_method(log, sleep_s))
+    run_dir = RunDir(tmp_path / "results" / "sample" / "tiny" / "logged")
+    deadline = time.time() + 120
+    while not list(run_dir.root.glob("samples/*/row.json")) and time.time() < deadline:
+        time.sleep(0.2)
+    return proc, run_dir
+
+
 @pytest.mark.slow
 def test_two_processes_edit_each_sample_exactly_once(tmp_path, data_dir):
     log = tmp_path / "edits.log"
@@ -218,11 +228,7 @@ def test_two_processes_edit_each_sample_exactly_once(tmp_path, data_dir):
 @pytest.mark.slow
 def test_killed_run_leaves_no_claim_and_its_temp_files_are_cleaned(tmp_path, data_dir, compose):
     log = tmp_path / "edits.log"
-    proc = _run_py(tmp_path, data_dir, *_logging_method(log, 1.0))
-    run_dir = RunDir(tmp_path / "results" / "sample" / "tiny" / "logged")
-    deadline = time.time() + 120
-    while not list(run_dir.root.glob("samples/*/row.json")) and time.time() < deadline:
-        time.sleep(0.2)
+    proc, run_dir = _started_with_one_row(tmp_path, data_dir, log, 1.0)
     proc.kill()  # kill -9: its claim on the sample it was editing must not outlive it
     proc.communicate()
     sample = next(run_dir.root.glob("samples/*/row.json")).parent
@@ -241,11 +247,7 @@ def test_killed_run_leaves_no_claim_and_its_temp_files_are_cleaned(tmp_path, dat
 @pytest.mark.slow
 def test_ctrl_c_prints_one_line_and_exits_130(tmp_path, data_dir):
     log = tmp_path / "edits.log"
-    proc = _run_py(tmp_path, data_dir, *_logging_method(log, 1.5))
-    run_dir = RunDir(tmp_path / "results" / "sample" / "tiny" / "logged")
-    deadline = time.time() + 120
-    while not list(run_dir.root.glob("samples/*/row.json")) and time.time() < deadline:
-        time.sleep(0.2)
+    proc, run_dir = _started_with_one_row(tmp_path, data_dir, log, 1.5)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130
