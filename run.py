@@ -72,6 +72,26 @@ def _hydra_main(cfg: DictConfig) -> None:
     except (EmptyDataset, BuildFailed) as e:
         (log.warning if isinstance(e, EmptyDataset) else log.error)("%s", e)
         sys.exit(e.exit_code)
+    except Exception as e:
+        cause = user_error(e)
+        if cause is None:
+            raise
+        log.error("%s", cause)  # the user's to fix: the message says what and where, a traceback would not help
+        sys.exit(1)
+
+
+def user_error(e: BaseException) -> BaseException | None:
+    """The error itself (or the one Hydra wrapped while instantiating a config) when it is about the user's input
+    (a missing folder, an unreachable hub, a folder of another config, an unsafe name, a bad setting), else None."""
+    from hydra.errors import InstantiationException
+
+    from harness.names import UnsafeName
+    from harness.results import ConfigMismatch
+
+    expected = (FileNotFoundError, ConnectionError, ConfigMismatch, UnsafeName)
+    if isinstance(e, InstantiationException) and isinstance(e.__cause__, (*expected, ValueError)):
+        return e.__cause__
+    return e if isinstance(e, expected) else None
 
 
 if __name__ == "__main__":

@@ -258,13 +258,19 @@ def test_ctrl_c_prints_one_line_and_exits_130(tmp_path, data_dir):
 
 
 @pytest.mark.slow
-def test_empty_root_exits_non_zero_with_a_warning(tmp_path, data_dir):
+@pytest.mark.parametrize("overrides, code, message", [
+    (("dataset=folder", "dataset.root={tmp}/empty"), 2, "no samples"),
+    (("dataset=folder", "dataset.root={tmp}/missing"), 1, "dataset.root={tmp}/missing: no such folder"),
+    (("tag=../x",), 1, "tag '../x' contains a path separator"),
+    (("dataset.limit=0",), 1, "dataset.limit must be a positive integer"),
+])
+def test_command_line_mistakes_are_one_line_and_a_non_zero_exit(tmp_path, data_dir, overrides, code, message):
     (tmp_path / "empty").mkdir()
-    proc = _run_py(tmp_path, data_dir, "metrics=basic", "method=identity", "dataset=folder",
-                   f"dataset.root={tmp_path / 'empty'}")
+    proc = _run_py(tmp_path, data_dir, *BASIC, *(o.format(tmp=tmp_path) for o in overrides))
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 2 and "no samples" in out + err and "Traceback" not in out + err
-    assert not (tmp_path / "results" / "folder").exists()
+    assert proc.returncode == code and message.format(tmp=tmp_path) in out + err
+    assert "Traceback" not in out + err and "Error executing job" not in out + err
+    assert not (tmp_path / "results" / "folder").exists() and not (tmp_path / "x").exists()
 
 
 def test_build_in_which_every_row_failed_is_an_error(compose, tmp_path):
