@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from baselines import components, ddim, injection, resize
-from baselines.prompts import describe, prompts
+from baselines.prompts import checked_config, prompts_for
 from harness.method import EditMethod, NonFiniteEdit
 from harness.types import EditedVideo, EditSample
 
@@ -31,7 +31,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 class AnyV2V(EditMethod):
     """AnyV2V with I2VGen-XL; every number below comes from the method config (published defaults there)."""
 
-    def __init__(self, name: str, backbone: Any, captioner: Any, device: str = "cpu", sizes: Any = ((512, 512),),
+    def __init__(self, name: str, backbone: Any, prompts: Any, device: str = "cpu", sizes: Any = ((512, 512),),
                  keep_aspect: bool = False, size_multiple: int = 64, inversion_steps: int = 500, steps: int = 50, first_step: int = 0, guidance_scale: float = 9.0,
                  fps: int = 8, negative_prompt: str = "", seed: int | None = 8888, decode_chunk: int = 8,
                  injection_until: Any = None, injection_layers: Any = None):
@@ -48,7 +48,7 @@ class AnyV2V(EditMethod):
         self.seed, self.decode_chunk = seed, int(decode_chunk)
         self.until = dict(injection_until or {"conv": 0.2, "spatial": 0.2, "temporal": 0.5})
         self.layers = {k: [str(m) for m in v] for k, v in (injection_layers or {}).items()}
-        self.captioner_cfg = captioner
+        self.prompts_cfg = checked_config(prompts)
         self.m = components.load(backbone, {
             "unet": I2VGenXLUNet, "vae": AutoencoderKL, "text_encoder": CLIPTextModel, "tokenizer": CLIPTokenizer,
             "image_encoder": CLIPVisionModelWithProjection, "feature_extractor": CLIPImageProcessor, "scheduler": DDIMScheduler,
@@ -93,14 +93,14 @@ class AnyV2V(EditMethod):
     def edit(self, sample: EditSample, seed: int) -> EditedVideo:
         seed = seed if self.seed is None else int(self.seed)
         generator = torch.Generator(self.device).manual_seed(seed)
-        source_prompt, target_prompt, prompt_origin = prompts(sample, self.captioner_cfg, self.device)
+        prompts = prompts_for(sample, self.prompts_cfg, self.device)
         T = sample.num_frames
         height, width = resize.working_size(sample.size, self.sizes, self.keep_aspect, self.size_multiple)
         src = resize.to_working(sample.source, height, width, self.device, self.dtype)
         edited0 = resize.to_working(sample.edited_frame, height, width, self.device, self.dtype)
         unet, scheduler = self.m.unet, self.m.scheduler
 
-        empty, negative, target = self._text(""), self._text(self.negative_prompt), self._text(target_prompt)
+        empty, negative, target = self._text(""), self._text(self.negative_prompt), self._text(prompts.target)
         src_emb, edit_emb = self._image_embedding(src[:1]), self._image_embedding(edited0)
         src_img = self._image_latents(src[:1], T, generator)
         edit_img = self._image_latents(edited0, T, generator)
@@ -150,8 +150,7 @@ class AnyV2V(EditMethod):
         video = self._decode(x)
         frames = resize.to_benchmark(video, *sample.size)
         return EditedVideo(frames, nfe=nfe_inv + nfe, info={
-            "nfe_inversion": nfe_inv, "nfe_sampling": nfe, "source_prompt": source_prompt, "target_prompt": target_prompt,
-            "prompt_origin": prompt_origin, "captioner": describe(self.captioner_cfg) if prompt_origin == "captioner" else "",
+            "nfe_inversion": nfe_inv, "nfe_sampling": nfe, **prompts.info(),
             "working_size": [height, width], "keep_aspect": self.keep_aspect, "seed": seed,
             "inversion_steps": self.inversion_steps, "steps": self.steps, "first_step": self.first_step,
             "guidance_scale": self.guidance_scale, "tiny_overrides": self.overrides,

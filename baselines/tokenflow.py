@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 from baselines import components, ddim, injection, resize
-from baselines.prompts import describe, prompts
+from baselines.prompts import checked_config, prompts_for
 from harness.method import EditMethod, NonFiniteEdit
 from harness.types import EditedVideo, EditSample
 
@@ -132,7 +132,7 @@ def install(unet: torch.nn.Module, state: TokenFlowState, inject_attention: list
 class TokenFlow(EditMethod):
     """TokenFlow on Stable Diffusion 2.1-base; every number comes from the method config (published defaults there)."""
 
-    def __init__(self, name: str, backbone: Any, captioner: Any, device: str = "cpu",
+    def __init__(self, name: str, backbone: Any, prompts: Any, device: str = "cpu",
                  sizes: Any = ((512, 512), (384, 672)), keep_aspect: bool = False, size_multiple: int = 64, inversion_steps: int = 500, steps: int = 50, guidance_scale: float = 7.5, group_size: int = 7,
                  negative_prompt: str = "", seed: int | None = 1, decode_chunk: int = 8,
                  injection_until: Any = None, injection_layers: Any = None):
@@ -149,7 +149,7 @@ class TokenFlow(EditMethod):
         self.seed, self.decode_chunk = seed, int(decode_chunk)
         self.until = dict(injection_until or {"attn": 0.5, "conv": 0.8})
         self.layers = {k: [str(m) for m in v] for k, v in (injection_layers or {}).items()}
-        self.captioner_cfg = captioner
+        self.prompts_cfg = checked_config(prompts)
         self.m = components.load(backbone, {
             "unet": UNet2DConditionModel, "vae": AutoencoderKL, "text_encoder": CLIPTextModel,
             "tokenizer": CLIPTokenizer, "scheduler": DDIMScheduler,
@@ -169,7 +169,7 @@ class TokenFlow(EditMethod):
     def edit(self, sample: EditSample, seed: int) -> EditedVideo:
         seed = seed if self.seed is None else int(self.seed)
         generator = torch.Generator().manual_seed(seed)
-        _, target_prompt, prompt_origin = prompts(sample, self.captioner_cfg, self.device)
+        prompts = prompts_for(sample, self.prompts_cfg, self.device)
         T = sample.num_frames
         if T % self.group_size:
             raise ValueError(f"{self.name}: group_size={self.group_size} must divide the frame count {T} of {sample.id}")
@@ -178,7 +178,7 @@ class TokenFlow(EditMethod):
         frames = resize.to_working(sample.source, height, width, self.device, self.dtype)
         x0 = torch.cat([vae.encode(frames[i:i + self.decode_chunk]).latent_dist.mode()
                         for i in range(0, T, self.decode_chunk)]).contiguous() * vae.config.scaling_factor
-        empty, negative, target = self._text(""), self._text(self.negative_prompt), self._text(target_prompt)
+        empty, negative, target = self._text(""), self._text(self.negative_prompt), self._text(prompts.target)
 
         # 1. DDIM inversion of every frame with the empty prompt
         traj = ddim.invert(lambda x, t: unet(x, t, encoder_hidden_states=empty.repeat(T, 1, 1), return_dict=False)[0],
@@ -218,9 +218,7 @@ class TokenFlow(EditMethod):
         lat = x / vae.config.scaling_factor
         video = torch.cat([vae.decode(lat[i:i + self.decode_chunk]).sample for i in range(0, T, self.decode_chunk)])
         return EditedVideo(resize.to_benchmark(video, *sample.size), nfe=nfe_inv + nfe, info={
-            "nfe_inversion": nfe_inv, "nfe_sampling": nfe, "target_prompt": target_prompt,
-            "inversion_prompt": "", "prompt_origin": prompt_origin,
-            "captioner": describe(self.captioner_cfg) if prompt_origin == "captioner" else "",
+            "nfe_inversion": nfe_inv, "nfe_sampling": nfe, **prompts.info(), "inversion_prompt": "",
             "working_size": [height, width], "keep_aspect": self.keep_aspect, "seed": seed,
             "inversion_steps": self.inversion_steps, "steps": self.steps, "guidance_scale": self.guidance_scale,
             "group_size": self.group_size, "tiny_overrides": self.overrides,

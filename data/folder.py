@@ -35,6 +35,9 @@ log = logging.getLogger("data")
 
 #: The frame rate of a sample whose meta.json gives none.
 DEFAULT_FPS = 7.0
+#: The `EditSample.meta` key that holds the sample's folder (set by the loader, whatever meta.json says), so that
+#: files beside it, such as `baselines.prompts`' prompts.json, can be found.
+SAMPLE_DIR_KEY = "_sample_dir"
 
 
 def resample_frames(video: np.ndarray, num_frames: int) -> np.ndarray:
@@ -153,7 +156,7 @@ class FolderDataset(EditDataset):
             if not mask.any():
                 raise SampleError(sid, mask_path, "mask is empty (no pixel above 127)")
 
-        meta = read_meta(sid, d / "meta.json")
+        meta = {**read_meta(sid, d / "meta.json"), SAMPLE_DIR_KEY: str(d)}
 
         return EditSample(
             id=sid,
