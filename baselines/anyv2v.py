@@ -7,6 +7,9 @@
    injects its decoder conv feature (first 20% of steps), spatial self-attention Q/K (first 20%) and
    temporal-attention Q/K (first 50%) into the edit (`baselines.injection`).
 
+Every prompt (empty, negative, target) is encoded as `I2VGenXLPipeline.__call__` encodes it: the penultimate
+CLIP text layer through the final layer norm (`clip_skip=1`), as AnyV2V runs it.
+
 Frames are resized whole to the working size and back (`baselines.resize`): 512×512 as published, or, with
 `keep_aspect`, the same pixel area at the clip's aspect. Cost: `nfe` counts
 UNet forward calls: one per inversion step plus one per sampling step (the source branch and the CFG
@@ -26,6 +29,7 @@ from harness.types import EditedVideo, EditSample
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+CLIP_SKIP = 1  # text embeddings from the penultimate CLIP layer: I2VGenXLPipeline.__call__'s default, as AnyV2V runs it
 
 
 class AnyV2V(EditMethod):
@@ -58,7 +62,8 @@ class AnyV2V(EditMethod):
 
     # --- conditioning, as I2VGenXLPipeline computes it -------------------------------------------------
     def _text(self, prompt: str) -> torch.Tensor:
-        return components.encode_text(self.m, prompt, self.device)
+        """Prompt embeddings as `I2VGenXLPipeline.__call__` encodes every prompt (positive and negative alike)."""
+        return components.encode_text(self.m, prompt, self.device, clip_skip=CLIP_SKIP)
 
     def _image_embedding(self, image: torch.Tensor) -> torch.Tensor:
         """CLIP image embedding of a [-1, 1] 1×3×H×W image: center square, resized to the encoder's input."""

@@ -127,8 +127,15 @@ def load(cfg: Any, classes: dict[str, type], device: str) -> SimpleNamespace:
 
 
 @torch.no_grad()
-def encode_text(m: SimpleNamespace, prompt: str, device: str) -> torch.Tensor:
-    """CLIP text-encoder hidden states of `prompt`, padded to the tokenizer's length (as diffusers' pipelines do)."""
+def encode_text(m: SimpleNamespace, prompt: str, device: str, clip_skip: int | None = None) -> torch.Tensor:
+    """CLIP text-encoder hidden states of `prompt`, padded to the tokenizer's length, as diffusers' pipelines
+    compute them: the last layer's output, or with `clip_skip` the output of the layer `clip_skip` before it,
+    passed through the encoder's final layer norm."""
     tok = m.tokenizer(prompt, padding="max_length", max_length=m.tokenizer.model_max_length, truncation=True,
                       return_tensors="pt")
-    return m.text_encoder(tok.input_ids.to(device))[0]
+    ids = tok.input_ids.to(device)
+    if clip_skip is None:
+        return m.text_encoder(ids)[0]
+    hidden = m.text_encoder(ids, output_hidden_states=True).hidden_states[-(clip_skip + 1)]
+    text_model = getattr(m.text_encoder, "text_model", m.text_encoder)  # transformers 5 dropped the `text_model` level
+    return text_model.final_layer_norm(hidden)

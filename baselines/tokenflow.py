@@ -1,14 +1,19 @@
 """TokenFlow (Geyer et al., ICLR 2024): consistent video editing with an image model, Stable Diffusion 2.1-base.
 
 1. DDIM-invert every frame (empty prompt), keeping each step's latent (`baselines.ddim`).
-2. At every sampling step, pick one random keyframe per group of `group_size` frames and
-   a. denoise the keyframes jointly: every self-attention attends to the keys/values of all keyframes
-      (extended attention), with plug-and-play injection from a source branch (the inverted latent, empty
-      prompt) of decoder self-attention Q/K (first 50% of steps) and a decoder ResNet feature (first 80%);
+2. Start from the inverted latent at the first sampling timestep (`paper`), or, as the released code does
+   (`release`), from the clean latent re-noised to it with the noise implied by the most inverted latent.
+3. At every sampling step, pick one random keyframe per group of `group_size` frames and
+   a. denoise the keyframes jointly: the edit branches' self-attention attends to the keys/values of all
+      keyframes (extended attention), with plug-and-play injection from a source branch (the inverted
+      latent, empty prompt) of decoder self-attention Q/K (first 50% of steps) and a decoder ResNet feature
+      (first 80%); the source branch attends over all keyframes too (`paper`) or within each keyframe
+      (`release`);
    b. denoise all frames, each self-attention output taken from the keyframes' outputs: token n of frame f
       takes the output of its nearest neighbour (cosine similarity of the source branch's attention inputs)
-      in the previous and the next keyframe, blended linearly by temporal distance (the paper's eq. 5–6).
-3. Classifier-free guidance on the propagated prediction and a DDIM step for all frames.
+      in two keyframes, blended by distance (`neighbours`): the previous and the next keyframe, linearly
+      (`paper`, eq. 5–6), or the frame's own group's keyframe and the previous group's (`release`).
+4. Classifier-free guidance on the propagated prediction and a DDIM step for all frames.
 
 The working size follows the clip's aspect (512×512 for square clips, 384×672 for 16:9, as TokenFlow's
 authors run it); frames are resized whole to it and back (`baselines.resize`). Cost: `nfe` counts UNet
@@ -29,17 +34,34 @@ from baselines.prompts import checked_config, prompts_for
 from harness.method import EditMethod, NonFiniteEdit
 from harness.types import EditedVideo, EditSample
 
+VARIANTS = ("release", "paper")  # the authors' released code (omerbt/TokenFlow), or the paper's text
+
 
 @dataclass
 class TokenFlowState(injection.InjectionState):
     """The pass being run: "keyframes" (extended attention, outputs recorded), "propagate", or "off" (plain)."""
 
     mode: str = "off"
-    keyframes: list[int] = field(default_factory=list)  # frame indices of this step's keyframes, ascending
+    keyframes: list[int] = field(default_factory=list)  # frame indices of this step's keyframes, one per group, ascending
+    variant: str = "release"  # one of VARIANTS: what the keyframe pass's source branch attends to, how frames blend
 
 
-def neighbours(num_frames: int, keyframes: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """For each frame: positions (in `keyframes`) of the previous and next keyframe, and the previous one's weight."""
+def neighbours(variant: str, num_frames: int, keyframes: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For each frame, the two keyframes (positions in `keyframes`) its attention output is blended from, and the
+    first one's weight.
+
+    `paper`: the previous and the next keyframe in time, weighted linearly by the distance to them (eq. 5–6).
+    `release`: the keyframe of the frame's own group and of the previous group (group 0: its own only), the own
+    one weighted sigmoid(d_prev / (d_own + d_prev)), d being the distances to the two groups' middle frames.
+    """
+    if variant == "release":
+        n = num_frames // len(keyframes)  # group size
+        frame = torch.arange(num_frames)
+        own = frame // n
+        prev = (own - 1).clamp(min=0)
+        d_own, d_prev = (frame - (own * n + n // 2)).abs(), (frame - (prev * n + n // 2)).abs()
+        w = torch.where(own > 0, torch.sigmoid(d_prev / (d_own + d_prev)), torch.ones(num_frames))
+        return own, prev, w
     prev, nxt, w = [], [], []
     for f in range(num_frames):
         a = max([i for i, k in enumerate(keyframes) if k <= f], default=0)
@@ -49,6 +71,18 @@ def neighbours(num_frames: int, keyframes: list[int]) -> tuple[torch.Tensor, tor
         nxt.append(b)
         w.append(1.0 if ka == kb else (kb - f) / (kb - ka))
     return torch.tensor(prev), torch.tensor(nxt), torch.tensor(w)
+
+
+def joint_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_keyframes: int) -> torch.Tensor:
+    """Extended attention over rows (branch·K)×heads×N×d: every query attends to the K·N tokens of its branch."""
+    _, h, n, d = q.shape
+    nb, K = q.shape[0] // num_keyframes, num_keyframes
+
+    def joint(x: torch.Tensor) -> torch.Tensor:  # (nb·K)×h×N×d -> nb×h×(K·N)×d
+        return x.reshape(nb, K, h, n, d).transpose(1, 2).reshape(nb, h, K * n, d)
+
+    out = F.scaled_dot_product_attention(joint(q), joint(k), joint(v))
+    return out.view(nb, h, K, n, d).transpose(1, 2).reshape(nb * K, h, n, d)
 
 
 class TokenFlowAttnProcessor:
@@ -73,32 +107,31 @@ class TokenFlowAttnProcessor:
         return self._propagate(hidden_states)
 
     def _extended(self, attn: Attention, hidden_states: torch.Tensor) -> torch.Tensor:
-        """Each keyframe's queries attend to the keys and values of all keyframes of its own branch."""
+        """Each keyframe's queries attend to the keys and values of all keyframes of its own branch; in the
+        `release` variant the source branch (chunk 0) attends within each keyframe, as plain self-attention."""
         s = self.state
         q, k, v = injection.attention_heads(attn, hidden_states)  # (nb·K)×heads×N×d
         if self.inject and s.on("attn"):
             q, k = injection.from_source(q, s.n_branches), injection.from_source(k, s.n_branches)
-        nb, K = s.n_branches, len(s.keyframes)
-        _, h, n, d = q.shape
-
-        def joint(x: torch.Tensor) -> torch.Tensor:  # (nb·K)×h×N×d -> nb×h×(K·N)×d
-            return x.view(nb, K, h, n, d).transpose(1, 2).reshape(nb, h, K * n, d)
-
-        out = F.scaled_dot_product_attention(joint(q), joint(k), joint(v))
-        out = out.view(nb, h, K, n, d).transpose(1, 2).reshape(nb * K, h, n, d)
+        K = len(s.keyframes)
+        if s.variant == "release":
+            source = F.scaled_dot_product_attention(q[:K], k[:K], v[:K])
+            out = torch.cat([source, joint_attention(q[K:], k[K:], v[K:], K)])
+        else:
+            out = joint_attention(q, k, v, K)
         return injection.attention_output(attn, out, hidden_states)
 
     def _propagate(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """Every frame's output gathered from the keyframes' outputs at nearest-neighbour tokens, blended by distance."""
+        """Every frame's output gathered from two keyframes' outputs at nearest-neighbour tokens, blended (`neighbours`)."""
         s = self.state
         nb = s.n_branches
         src = F.normalize(hidden_states.chunk(nb)[0].float(), dim=-1)  # T×N×C
         keys = F.normalize(self.key_inputs.float(), dim=-1)  # K×N×C
-        prev, nxt, w = neighbours(src.shape[0], s.keyframes)
+        first, second, w = neighbours(s.variant, src.shape[0], s.keyframes)
         out = torch.empty(nb, *src.shape[:2], self.key_outputs.shape[-1], dtype=self.key_outputs.dtype, device=hidden_states.device)
         for f in range(src.shape[0]):
             parts = []
-            for pos in (int(prev[f]), int(nxt[f])):
+            for pos in (int(first[f]), int(second[f])):
                 nn = (src[f] @ keys[pos].T).argmax(dim=-1)  # N: index of the most similar keyframe token
                 parts.append(self.key_outputs[:, pos, nn])
             out[:, f] = w[f].item() * parts[0] + (1 - w[f].item()) * parts[1]
@@ -135,8 +168,11 @@ class TokenFlow(EditMethod):
     def __init__(self, name: str, backbone: Any, prompts: Any, device: str = "cpu",
                  sizes: Any = ((512, 512), (384, 672)), keep_aspect: bool = False, size_multiple: int = 64, inversion_steps: int = 500, steps: int = 50, guidance_scale: float = 7.5, group_size: int = 7,
                  negative_prompt: str = "", seed: int | None = 1, decode_chunk: int = 8,
-                 injection_until: Any = None, injection_layers: Any = None):
+                 injection_until: Any = None, injection_layers: Any = None, variant: str = "release"):
         super().__init__(name, device)
+        if variant not in VARIANTS:
+            raise ValueError(f"{name}: variant={variant!r}, expected one of {VARIANTS}")
+        self.variant = variant
         from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -159,6 +195,18 @@ class TokenFlow(EditMethod):
 
     def _text(self, prompt: str) -> torch.Tensor:
         return components.encode_text(self.m, prompt, self.device)
+
+    def starting_latent(self, traj: ddim.Trajectory, t: torch.Tensor) -> torch.Tensor:
+        """The latent at timestep `t` that sampling starts from. `paper`: the inverted latent there. `release`: the
+        clean latent x0 re-noised to `t` with the noise the most inverted latent z_T implies,
+        ε = (z_T − √ᾱ_T·x0) / √(1 − ᾱ_T)."""
+        if self.variant == "paper":
+            return traj.at(t)
+        scheduler = self.m.scheduler
+        x0, t_last = traj.at(-1), max(traj.latents)
+        alpha = float(scheduler.alphas_cumprod[t_last])
+        eps = (traj.latents[t_last] - alpha ** 0.5 * x0) / (1 - alpha) ** 0.5
+        return scheduler.add_noise(x0, eps, t)
 
     def keyframes(self, num_frames: int, generator: torch.Generator) -> list[int]:
         """One random frame per group of `group_size` consecutive frames."""
@@ -186,10 +234,10 @@ class TokenFlow(EditMethod):
         nfe_inv = self.inversion_steps
 
         # 2. sampling: keyframe pass, then propagation pass, per step
-        state = TokenFlowState(n_branches=3)
+        state = TokenFlowState(n_branches=3, variant=self.variant)
         restore = install(unet, state, self.layers.get("attn", []), self.layers.get("conv", []))
         scheduler.set_timesteps(self.steps, device=self.device)
-        x = traj.at(scheduler.timesteps[0])
+        x = self.starting_latent(traj, scheduler.timesteps[0])
         nfe = 0
         try:
             for i, t in enumerate(scheduler.timesteps):
@@ -221,5 +269,5 @@ class TokenFlow(EditMethod):
             "nfe_inversion": nfe_inv, "nfe_sampling": nfe, **prompts.info(), "inversion_prompt": "",
             "working_size": [height, width], "keep_aspect": self.keep_aspect, "seed": seed,
             "inversion_steps": self.inversion_steps, "steps": self.steps, "guidance_scale": self.guidance_scale,
-            "group_size": self.group_size, "tiny_overrides": self.overrides,
+            "group_size": self.group_size, "variant": self.variant, "tiny_overrides": self.overrides,
         })

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import dataclasses
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -270,19 +271,65 @@ def test_real_loading_path_reads_a_saved_model_folder():
         components.load(missing, {"unet": I2VGenXLUNet}, "cpu")
 
 
+def _pipeline(method):
+    from diffusers import I2VGenXLPipeline
+
+    m = method.m
+    return I2VGenXLPipeline(vae=m.vae, text_encoder=m.text_encoder, tokenizer=m.tokenizer, image_encoder=m.image_encoder,
+                            feature_extractor=m.feature_extractor, unet=m.unet, scheduler=m.scheduler)
+
+
+class _FlatCLIPTextModel:
+    """A CLIP text encoder seen with the `text_model` level that the I2VGen-XL pipeline's `clip_skip` path reads
+    (transformers 5 flattened `CLIPTextModel`; the weights and the call are the encoder's own)."""
+
+    def __init__(self, encoder):
+        self.encoder = encoder
+        self.text_model = getattr(encoder, "text_model", encoder)
+
+    def __call__(self, *args, **kwargs):
+        return self.encoder(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.encoder, name)
+
+
 @torch.no_grad()
-def test_conditioning_matches_diffusers_i2vgenxl_pipeline():
-    """Text and CLIP-image conditioning as diffusers' own I2VGenXLPipeline computes them (the reference)."""
-    import PIL.Image
+def test_prompt_embeddings_match_the_i2vgenxl_pipeline_call():
+    """Every prompt encoded as `I2VGenXLPipeline.__call__` encodes it: its `encode_prompt` (called unbound on the
+    tiny tokenizer and text encoder) with `__call__`'s default `clip_skip` (penultimate layer + final layer norm,
+    as AnyV2V), CFG on, and the negative prompt, or the empty one, as the unconditional prompt."""
+    import inspect
+
     from diffusers import I2VGenXLPipeline
 
     method = _method()
-    m = method.m
-    pipe = I2VGenXLPipeline(vae=m.vae, text_encoder=m.text_encoder, tokenizer=m.tokenizer, image_encoder=m.image_encoder,
-                            feature_extractor=m.feature_extractor, unet=m.unet, scheduler=m.scheduler)
+    clip_skip = inspect.signature(I2VGenXLPipeline.__call__).parameters["clip_skip"].default
+    assert clip_skip == 1
+    pipe = SimpleNamespace(tokenizer=method.m.tokenizer, text_encoder=_FlatCLIPTextModel(method.m.text_encoder),
+                           unet=method.m.unet, do_classifier_free_guidance=method.guidance_scale > 1)
+
+    def encode(prompt, negative_prompt):
+        return I2VGenXLPipeline.encode_prompt(pipe, prompt, "cpu", 1, negative_prompt, clip_skip=clip_skip)
+
+    prompt = "a red ball on a table"
+    cond, uncond = encode(prompt, method.negative_prompt)
+    assert torch.equal(method._text(prompt), cond)
+    assert torch.equal(method._text(method.negative_prompt), uncond)
+    _, empty = encode(prompt, None)  # no negative prompt: the empty one
+    assert torch.equal(method._text(""), empty)  # also AnyV2V's inversion and source-branch prompt
+    last_layer = components.encode_text(method.m, prompt, "cpu")
+    assert (last_layer - cond).abs().max() > 1e-2  # the pipeline's layer is not the last one
+
+
+@torch.no_grad()
+def test_image_conditioning_matches_diffusers_i2vgenxl_pipeline():
+    """CLIP-image conditioning as diffusers' own I2VGenXLPipeline computes it (the reference)."""
+    import PIL.Image
+
+    method = _method()
+    pipe = _pipeline(method)
     pipe._guidance_scale = 1.0
-    cond, _ = pipe.encode_prompt("a red ball on a table", "cpu", 1, None)
-    torch.testing.assert_close(method._text("a red ball on a table"), cond)
     rng = np.random.default_rng(0)
     smooth = np.kron(rng.integers(0, 256, (4, 4, 3)), np.ones((8, 8, 1))).astype(np.uint8)  # 32×32, the encoder's size
     ref = pipe._encode_image([PIL.Image.fromarray(smooth)], "cpu", 1)
