@@ -33,6 +33,9 @@ def invert(eps: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0: torch.
     """Invert the clean latent `x0` in `steps` DDIM steps; `eps(x_t, t)` is the noise prediction (one UNet call)."""
     inverse = DDIMInverseScheduler.from_config(scheduler_config)
     inverse.set_timesteps(steps, device=x0.device)
+    if int(inverse.timesteps.max()) >= inverse.config.num_train_timesteps:  # diffusers would fail at the last step
+        raise ValueError(f"{steps} DDIM inversion steps reach timestep {int(inverse.timesteps.max())}, past the "
+                         f"scheduler's {inverse.config.num_train_timesteps} training timesteps: use fewer steps")
     traj = Trajectory()
     traj.add(-1, x0)
     x = x0

@@ -344,3 +344,16 @@ def test_config_holds_the_published_defaults(compose):
     assert [list(s) for s in cfg.sizes] == [[512, 512]] and cfg.keep_aspect is False
     assert dict(cfg.injection_until) == {"conv": 0.2, "spatial": 0.2, "temporal": 0.5}
     assert "overrides" not in cfg.backbone and len(cfg.backbone.revision) == 40
+
+
+def test_inversion_past_the_last_training_timestep_is_a_clear_error():
+    """1000 DDIM inversion steps would end at t=1000, where diffusers' inverse step indexes past its tables."""
+    from diffusers import DDIMScheduler
+
+    from baselines.ddim import invert
+
+    cfg = DDIMScheduler(num_train_timesteps=1000, steps_offset=1, timestep_spacing="leading").config
+    x0 = torch.zeros(1, 4, 2, 2)
+    with pytest.raises(ValueError, match="reach timestep 1000"):
+        invert(lambda x, t: torch.zeros_like(x), x0, cfg, 1000)
+    assert sorted(invert(lambda x, t: torch.zeros_like(x), x0, cfg, 500).latents)[-1] == 999
