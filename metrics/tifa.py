@@ -3,13 +3,15 @@ target content. For each (frame, question): a free-form VQA answer (BLIP VQA thr
 to the nearest of the question's choices by sentence-embedding similarity, is right or wrong; a frame's
 score is its accuracy and the video's the mean over frames.
 
-Questions come from a file per dataset in TIFA's JSON format: a list of
-`{id, caption, question, choices, answer, element_type, element}` whose `id` is the sample id. A missing
+Questions come from a file per dataset: TIFA's JSON format, a list of
+`{id, caption, question, choices, answer, element_type, element}` whose `id` is the sample id, or the file
+`python -m metrics.tifa_questions` writes (those records under `questions`, with their provenance). A missing
 file is an error when the suite loads (the paper's suite has a TIFA column; leave it out with `~metrics.tifa`);
 a sample the file has no questions for scores NaN, with a warning naming the sample and the file.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import string
@@ -31,10 +33,21 @@ log = logging.getLogger(__name__)
 FIELDS = ("id", "caption", "question", "choices", "answer", "element_type", "element")
 
 
+def read_questions(path: str | Path) -> tuple[list[dict], dict]:
+    """(TIFA records, the generated file's `settings` or {}): a plain TIFA list, or a generated file's
+    `questions`."""
+    doc = json.loads(Path(path).read_text())
+    if isinstance(doc, dict) and isinstance(doc.get("questions"), list):
+        return doc["questions"], doc.get("settings") or {}
+    if not isinstance(doc, list):
+        raise ValueError(f"{path}: neither a list of TIFA questions nor a generated questions file")
+    return doc, {}
+
+
 def load_questions(path: str | Path) -> dict[str, list[dict]]:
     """TIFA questions grouped by sample id; every entry checked for TIFA's fields and a listed answer."""
     path = Path(path)
-    items = json.loads(path.read_text())
+    items, _ = read_questions(path)
     out: dict[str, list[dict]] = {}
     for i, q in enumerate(items):
         missing = [k for k in FIELDS if k not in q]
@@ -177,13 +190,23 @@ class TIFA(VideoMetric):
         if not Path(questions).is_file():
             raise FileNotFoundError(
                 f"TIFA: no questions file at {questions}. Generate one (python -m metrics.tifa_questions "
-                "DATASET_DIR OUT.json --model LOCAL_LM) and set dataset.tifa_questions=OUT.json or put it there, "
+                "DATASET_DIR OUT.json) and set dataset.tifa_questions=OUT.json or put it there, "
                 "or leave TIFA out of the suite with ~metrics.tifa")
         self.questions_path = str(questions)
         self.questions = load_questions(questions)
+        settings = read_questions(questions)[1]
+        made_by = (f"lm {settings['lm']['model']}@{settings['lm']['revision']}, qa {settings['qa']['model']}@"
+                   f"{settings['qa']['revision']}" if settings else "not recorded (a plain TIFA list)")
+        digest = hashlib.sha256(Path(questions).read_bytes()).hexdigest()[:16]
+        self._info = {"tifa_questions": f"{Path(questions).name} sha256:{digest}; made by {made_by}"}
         self.processor, self.model = load_vqa(**vqa, device=device)
         self.embed = TextEmbedder(**text_embed, device=device)
         self.batch_size, self.max_new_tokens, self.device = batch_size, max_new_tokens, device
+
+    @property
+    def info(self) -> dict[str, str]:
+        """What the run's summary records about the scores: which questions file (digest) and who made it."""
+        return self._info
 
     @torch.no_grad()
     def answer(self, frames: np.ndarray, questions: list[str]) -> list[list[str]]:

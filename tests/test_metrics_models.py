@@ -155,7 +155,9 @@ def test_paper_suite_columns(compose):
     assert {c for c in paper if not cols[c].higher_is_better} == {"flow", "flow_plus", "fvd"}
     assert {cols[c].group for c in paper} == paper_groups
     assert suite.tiny and "fvd" in suite.sets["fvd"].columns
-    assert suite.info == {"fvd_i3d": "random(seed=0,width=0.125)"}
+    assert suite.info["fvd_i3d"] == "random(seed=0,width=0.125)"
+    assert suite.info["tifa_questions"].startswith("sample.json sha256:")  # which questions scored TIFA
+    assert set(suite.info) == {"fvd_i3d", "tifa_questions"}
 
 
 def test_tifa_without_questions_is_loud(compose, tmp_path):
