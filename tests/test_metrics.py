@@ -245,41 +245,6 @@ def test_source_caches_cover_a_method_by_method_sweep():
     assert len(calls) == 20 + 2 * 15 and not {"s0", "s4"} & set(calls[20:])
 
 
-def test_questions_fall_back_to_a_caption_of_the_edited_frame(tmp_path, monkeypatch):
-    """A MagicBrush-like sample (an instruction, no target_prompt) gets questions from the captioner's caption of
-    its edited frame (the models group's captioner, tiny here); each question records where its text came from."""
-    import json
-
-    from data.video_io import write_image
-    from metrics import tifa_questions
-
-    edited = np.random.default_rng(0).integers(0, 256, (32, 48, 3), dtype=np.uint8)
-    for sid, meta in [("captioned", {"instruction": "add a hat", "target_prompt": "a dog wearing a red hat"}),
-                      ("magicbrush_1", {"instruction": "add a hat"})]:
-        (tmp_path / "ds" / sid).mkdir(parents=True)
-        write_image(tmp_path / "ds" / sid / "edited.png", edited)
-        (tmp_path / "ds" / sid / "meta.json").write_text(json.dumps(meta))
-    prompts = []
-
-    def lm(prompt):
-        prompts.append(prompt)
-        return "object | hat | Is there a hat? | yes; no | yes\nCaption: next"
-
-    monkeypatch.setattr(tifa_questions, "load_lm", lambda model, device, max_new_tokens: lm)
-    out = tmp_path / "q.json"
-    tifa_questions.main([str(tmp_path / "ds"), str(out), "--model", "unused", "models=tiny", "device=cpu"])
-    qs = load_questions(out)
-    from baselines.prompts import captioner
-
-    caption = captioner(OmegaConf.create(TINY["captioner"]), "cpu")([edited])[0]
-    assert qs["captioned"][0]["caption"] == "a dog wearing a red hat" and qs["captioned"][0]["caption_source"] == "target_prompt"
-    got = qs["magicbrush_1"][0]
-    assert got["caption"] == caption and got["caption_source"] == "captioner:tiny random BLIP (seed 0)"
-    assert prompts[1].rstrip().endswith(f"Caption: {caption}")
-    with pytest.raises(ValueError, match="no target_prompt"):
-        generate(tmp_path / "ds", lm, captioner=None)
-
-
 def test_benchmark_full_size_overrides_compose(compose):
     """--full-size names existing keys and the real backbone sizes (random weights, labelled tiny)."""
     from metrics.benchmark import FULL_SIZE
