@@ -56,9 +56,7 @@ class Videoshop(EditMethod):
         c = self.svd
         c.counter.calls = 0
         g = torch.Generator().manual_seed(seed)  # on the CPU, so a seed means the same noise on every device
-        video = svd.resize_frames(sample.source, self.size)
-        edited = svd.resize_frames(sample.edited_frame[None], self.size)[0]
-        T, sf = video.shape[0], c.vae.config.scaling_factor
+        T, sf = sample.num_frames, c.vae.config.scaling_factor
         sigmas = schedule(c.new_scheduler(), self.steps, self.strength)
         common = dict(generator=g, noise_aug=self.noise_aug, fps=self.fps, motion_bucket_id=self.motion_bucket_id)
         t = [time.perf_counter()]
@@ -68,13 +66,16 @@ class Videoshop(EditMethod):
             t.append(time.perf_counter())
 
         # 1. Encode & normalize: x_in = VAE(V)·0.18215, then x̂₀ = normalize(x_in) (Eq. 8; per frame in the release).
-        x0 = normalize(svd.encode(c, svd.to_pixels(video, c)) * sf, self.norm)
+        #    Pixels as the release prepares them: resized in float, never rounded to 8 bits (`svd.to_pixels`).
+        video = svd.to_pixels(sample.source, self.size, c.device)
+        edited = svd.to_pixels(sample.edited_frame[None], self.size, c.device)
+        x0 = normalize(svd.encode(c, video) * sf, self.norm)
         lap()
 
         # 2. Inversion from σ = 0 to σ_start conditioned on the source frame, no guidance (Eqs. 5–7, or BDIA).
         #    CLIP sees the original frame resized straight to 224×224, as in the release.
-        src = svd.condition(c, video[0], T, standardize_latents=self.standardize_source_latents,
-                            clip_image=sample.source[0], **common)
+        src = svd.condition(c, video[:1], svd.clip_embeds(c, sample.source[0]), T,
+                            standardize_latents=self.standardize_source_latents, **common)
         F_src = svd.model(c, src)
         lap()
         if self.inversion == "bdia":
@@ -87,8 +88,8 @@ class Videoshop(EditMethod):
             self._check(start, "inversion")
 
         # 3. Generation: Euler from the inverted latent, conditioned on the edited frame, CFG with zero negatives.
-        tgt = svd.condition(c, edited, T, min_guidance=self.guidance, max_guidance=self.guidance,
-                            clip_image=sample.edited_frame, **common)
+        tgt = svd.condition(c, edited, svd.clip_embeds(c, sample.edited_frame), T, min_guidance=self.guidance,
+                            max_guidance=self.guidance, **common)
         F_tgt = svd.model(c, tgt)
         lap()
         x = bdia_sample(F_tgt, start, sigmas, self.bdia_gamma) if self.inversion == "bdia" else euler_sample(F_tgt, start, sigmas)
@@ -97,7 +98,7 @@ class Videoshop(EditMethod):
 
         # 4. Rescale to the clean edited frame's latent statistics, per channel (Eq. 8), and decode.
         if self.rescale:
-            x = rescale(x, svd.encode(c, svd.to_pixels(edited[None], c))[:, 0] * sf)
+            x = rescale(x, svd.encode(c, edited)[:, 0] * sf)
         frames = svd.decode(c, x, sample.size)
         lap()
         encode_s, src_s, invert_s, tgt_s, generate_s, decode_s = (b - a for a, b in zip(t, t[1:]))

@@ -38,7 +38,8 @@ class SVDNoSource(EditMethod):
         included) and init noise, drawn in its order."""
         c = self.svd
         g = torch.Generator().manual_seed(seed)
-        cond = svd.condition(c, image, num_frames, generator=g, noise_aug=self.noise_aug, fps=self.fps,
+        cond = svd.condition(c, svd.to_pixels(image[None], self.size, c.device), svd.pipeline_clip_embeds(c, image),
+                             num_frames, generator=g, noise_aug=self.noise_aug, fps=self.fps,
                              motion_bucket_id=self.motion_bucket_id, min_guidance=self.min_guidance,
                              max_guidance=self.max_guidance, upcast_vae=True)
         scheduler = c.new_scheduler()
