@@ -34,12 +34,6 @@ def check_num_frames(name: str, sample: EditSample, num_frames: int) -> None:
             "models=svd_xt: 25).")
 
 
-def sync(c: SVDComponents) -> None:
-    """Wait for queued CUDA work, so that wall-clock intervals measure it."""
-    if c.device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Float N×C×H×W → N×C×h×w, bilinear with antialiasing: torchvision's `Resize(BILINEAR, antialias=True)` on a
     tensor, the release's resize (`data_module.py`), which is this very `interpolate` call."""
