@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from baselines import components, ddim, injection, resize
-from baselines.prompts import checked_config, prompts_for
-from harness.method import EditMethod, NonFiniteEdit
+from baselines.prompts import checked_config, prepare_prompts, prompts_for
+from harness.method import EditMethod, NonFiniteEdit, Phases
 from harness.types import EditedVideo, EditSample
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -94,8 +94,13 @@ class AnyV2V(EditMethod):
         return torch.cat([self.m.vae.decode(lat[i:i + self.decode_chunk]).sample for i in range(0, len(lat), self.decode_chunk)])
 
     # --- the edit -------------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Load what the prompts may need before any edit is timed."""
+        prepare_prompts(self.prompts_cfg, self.device)
+
     @torch.no_grad()
     def edit(self, sample: EditSample, seed: int) -> EditedVideo:
+        phases = Phases(self.device)
         seed = seed if self.seed is None else int(self.seed)
         generator = torch.Generator(self.device).manual_seed(seed)
         prompts = prompts_for(sample, self.prompts_cfg, self.device)
@@ -110,7 +115,9 @@ class AnyV2V(EditMethod):
         src_img = self._image_latents(src[:1], T, generator)
         edit_img = self._image_latents(edited0, T, generator)
         fps = torch.tensor([self.fps], device=self.device)
+        phases.lap("condition")
         x0 = self._encode(src, generator)
+        phases.lap("encode")
 
         # 1. DDIM inversion of the source, conditioned on its own frame 0 and an empty prompt, no guidance
         def model_output(x, t):
@@ -119,6 +126,7 @@ class AnyV2V(EditMethod):
 
         traj = ddim.invert(model_output, x0, scheduler.config, self.inversion_steps)
         nfe_inv = self.inversion_steps
+        phases.lap("invert")
 
         # 2. sampling from the inverted latent with source-branch injection
         state = injection.InjectionState()
@@ -152,9 +160,11 @@ class AnyV2V(EditMethod):
                     raise err
         finally:
             restore()
+        phases.lap("generate")
         video = self._decode(x)
         frames = resize.to_benchmark(video, *sample.size)
-        return EditedVideo(frames, nfe=nfe_inv + nfe, info={
+        phases.lap("decode")
+        return EditedVideo(frames, nfe=nfe_inv + nfe, info={"phases": phases.report(),
             "nfe_inversion": nfe_inv, "nfe_sampling": nfe, **prompts.info(),
             "working_size": [height, width], "keep_aspect": self.keep_aspect, "seed": seed,
             "inversion_steps": self.inversion_steps, "steps": self.steps, "first_step": self.first_step,

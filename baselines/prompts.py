@@ -139,6 +139,13 @@ def checked_config(cfg: Any) -> Any:
     return cfg
 
 
+def prepare_prompts(cfg: Any, device: str = "cpu") -> None:
+    """Load the models `prompts_for` may use (the captioner, with `fallback=caption_edited`), so that no edit's
+    time counts their loading (`EditMethod.prepare`)."""
+    if checked_config(cfg).get("fallback") == ORIGIN_CAPTION_EDITED:
+        captioner(cfg.captioner, device)
+
+
 def prompts_for(sample: EditSample, cfg: Any, device: str = "cpu") -> Prompts:
     """The prompts of `sample` for a text-driven method: the dataset's, else its prompts file, else `cfg.fallback`
     (the `prompts` config node); a `SampleError` naming the command to run when there are none."""

@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 from baselines import components, ddim, injection, resize
-from baselines.prompts import checked_config, prompts_for
-from harness.method import EditMethod, NonFiniteEdit
+from baselines.prompts import checked_config, prepare_prompts, prompts_for
+from harness.method import EditMethod, NonFiniteEdit, Phases
 from harness.types import EditedVideo, EditSample
 
 VARIANTS = ("release", "paper")  # the authors' released code (omerbt/TokenFlow), or the paper's text
@@ -213,8 +213,13 @@ class TokenFlow(EditMethod):
         offsets = torch.randint(self.group_size, (num_frames // self.group_size,), generator=generator)
         return [g * self.group_size + int(o) for g, o in enumerate(offsets)]
 
+    def prepare(self) -> None:
+        """Load what the prompts may need before any edit is timed."""
+        prepare_prompts(self.prompts_cfg, self.device)
+
     @torch.no_grad()
     def edit(self, sample: EditSample, seed: int) -> EditedVideo:
+        phases = Phases(self.device)
         seed = seed if self.seed is None else int(self.seed)
         generator = torch.Generator().manual_seed(seed)
         prompts = prompts_for(sample, self.prompts_cfg, self.device)
@@ -226,12 +231,15 @@ class TokenFlow(EditMethod):
         frames = resize.to_working(sample.source, height, width, self.device, self.dtype)
         x0 = torch.cat([vae.encode(frames[i:i + self.decode_chunk]).latent_dist.mode()
                         for i in range(0, T, self.decode_chunk)]).contiguous() * vae.config.scaling_factor
+        phases.lap("encode")
         empty, negative, target = self._text(""), self._text(self.negative_prompt), self._text(prompts.target)
+        phases.lap("condition")
 
         # 1. DDIM inversion of every frame with the empty prompt
         traj = ddim.invert(lambda x, t: unet(x, t, encoder_hidden_states=empty.repeat(T, 1, 1), return_dict=False)[0],
                            x0, scheduler.config, self.inversion_steps)
         nfe_inv = self.inversion_steps
+        phases.lap("invert")
 
         # 2. sampling: keyframe pass, then propagation pass, per step
         state = TokenFlowState(n_branches=3, variant=self.variant)
@@ -263,9 +271,12 @@ class TokenFlow(EditMethod):
         finally:
             state.mode = "off"
             restore()
+        phases.lap("generate")
         lat = x / vae.config.scaling_factor
         video = torch.cat([vae.decode(lat[i:i + self.decode_chunk]).sample for i in range(0, T, self.decode_chunk)])
-        return EditedVideo(resize.to_benchmark(video, *sample.size), nfe=nfe_inv + nfe, info={
+        frames = resize.to_benchmark(video, *sample.size)
+        phases.lap("decode")
+        return EditedVideo(frames, nfe=nfe_inv + nfe, info={"phases": phases.report(),
             "nfe_inversion": nfe_inv, "nfe_sampling": nfe, **prompts.info(), "inversion_prompt": "",
             "working_size": [height, width], "keep_aspect": self.keep_aspect, "seed": seed,
             "inversion_steps": self.inversion_steps, "steps": self.steps, "guidance_scale": self.guidance_scale,

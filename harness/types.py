@@ -67,15 +67,12 @@ class Costs:
 
 @dataclass
 class EditedVideo:
-    """A method's output: uint8 T×H×W×3 frames at the source's size, plus what the method itself measured.
-
-    `seconds` may be set by a method that times only part of its work (Videoshop's release times
-    inversion + generation, not model loading or decoding); otherwise the runner's wall clock is used.
-    """
+    """A method's output: uint8 T×H×W×3 frames at the source's size, its UNet calls, and what else it reports
+    (`info`, e.g. `info["phases"]`). Its time is not among them: the runner's clock is the one definition
+    (`harness.method`)."""
 
     frames: np.ndarray
     nfe: int | None = None
-    seconds: float | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
 

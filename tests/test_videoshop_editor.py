@@ -106,18 +106,6 @@ def test_clip_length_must_match_the_backbone(compose, short):
             _method(compose, name).edit(short, 42)
 
 
-def test_seconds_cover_the_sampling_loops_only(compose, short):
-    """Table 4: both methods time their UNet loops (inversion + generation, or generation), nothing else."""
-    out = _method(compose, "videoshop", "method.num_frames=4").edit(short, 42)
-    i = out.info
-    assert out.seconds == pytest.approx(i["invert_s"] + i["generate_s"])
-    parts = i["encode_s"] + i["condition_s"] + i["invert_s"] + i["generate_s"] + i["decode_s"]
-    assert i["total_s"] == pytest.approx(parts) and out.seconds < i["total_s"]
-    out = _method(compose, "svd_no_src", "method.steps=3", "method.num_frames=4").edit(short, 42)
-    i = out.info
-    assert out.seconds == i["generate_s"] and i["total_s"] == pytest.approx(i["condition_s"] + i["generate_s"] + i["decode_s"])
-
-
 def test_clip_sees_the_original_frame_resized_straight_to_224(compose, short):
     """As the release: CLIP input = original image, bilinear antialiased resize to 224×224, CLIP mean/std
     (torchvision's transforms as the reference), not the 576×1024 working frame."""
@@ -246,4 +234,5 @@ def test_benchmark_builds_the_configured_editor_and_times_each_pass(compose, mon
     assert r["repeats"] == 2 and r["reported"].startswith("last")
     assert r["unet_calls_inversion"] == r["unet_calls_generation"] == 2 and r["nfe"] == 4  # int(4·0.55) = 2 each
     assert r["seconds_per_unet_call_inversion"] > 0 and r["seconds_per_unet_call_generation"] > 0
-    assert r["seconds_per_edit"] < r["total_edit_s"]
+    assert set(r["phases"]) == {"encode", "condition", "invert", "generate", "decode"}
+    assert r["loops_s"] < sum(r["phases"].values()) <= r["seconds_per_edit"]

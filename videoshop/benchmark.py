@@ -7,16 +7,15 @@
 The editor is built from the composed config (`method=videoshop models=svd` plus the overrides: settings, size,
 frame count and seed are the config's), with its backbone swapped for seeded random weights of SVD's full
 architecture. `--repeats` edits run on random inputs; the first warms up (kernel selection, allocator) and the
-last is reported. Prints seconds per edit (the inversion + generation loops, as the release times it and as the
-harness records `seconds`), the whole edit, seconds per UNet call for the inversion (batch 1) and the CFG
-generation (batch 2), VAE encode/decode seconds and peak memory. Random weights change no shape or operation
+last is reported. Prints seconds per edit (the whole edit, timed by `harness.runner.edit_one` as every row's
+`seconds`), its phases (`info["phases"]`) and the sampling loops alone (inversion + generation), seconds per
+UNet call for the inversion (batch 1) and the CFG generation (batch 2), and peak memory. Random weights change no shape or operation
 count, so the timings stand for real SVD (only speed, not output, is meaningful).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import time
 
 import numpy as np
@@ -42,7 +41,7 @@ def measure(overrides: list[str] = (), repeats: int = 2, architecture: dict | No
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from harness.runner import resolve_device
+    from harness.runner import edit_one, resolve_device
 
     cfg = compose_config(list(overrides))
     device = resolve_device(cfg.device)
@@ -76,11 +75,10 @@ def measure(overrides: list[str] = (), repeats: int = 2, architecture: dict | No
     runs = []
     for _ in range(max(1, repeats)):
         calls.clear()
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
-        runs.append(method.edit(sample, int(cfg.seed)))
-    out = runs[-1]
-    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        out, costs, _ = edit_one(method, sample, int(cfg.seed), str(device))
+        runs.append((out, costs))
+    out, costs = runs[-1]
+    phases = dict(out.info["phases"])
     per_call = lambda b: float(np.mean(calls[b])) if calls.get(b) else None  # noqa: E731
     return {
         "device": torch.cuda.get_device_name(c.device) if cuda else f"cpu ({torch.get_num_threads()} threads)",
@@ -89,11 +87,11 @@ def measure(overrides: list[str] = (), repeats: int = 2, architecture: dict | No
                           if k not in ("backbone", "_target_", "device")},
         "nfe": out.nfe, "load_s": load_s,
         "repeats": len(runs), "reported": "last (warm)" if len(runs) > 1 else "only (cold: includes warm-up)",
-        "seconds_per_edit": out.seconds, "first_edit_seconds": runs[0].seconds, "total_edit_s": out.info["total_s"],
+        "seconds_per_edit": costs.seconds, "first_edit_seconds": runs[0][1].seconds, "phases": phases,
+        "loops_s": phases["invert"] + phases["generate"],
         "seconds_per_unet_call_inversion": per_call(1), "unet_calls_inversion": len(calls.get(1, [])),
         "seconds_per_unet_call_generation": per_call(2), "unet_calls_generation": len(calls.get(2, [])),
-        "vae_encode_s": out.info["encode_s"], "condition_s": out.info["condition_s"], "vae_decode_s": out.info["decode_s"],
-        "peak_mem_mb": peak, "peak_mem_kind": "cuda max allocated (last edit)" if cuda else "process max RSS",
+        "peak_mem_mb": costs.peak_mem_mb, "peak_mem_kind": f"{'cuda max allocated' if cuda else 'peak RSS'} (last edit)",
     }
 
 

@@ -10,11 +10,9 @@ Every place where the paper and the public release differ is a constructor optio
 """
 from __future__ import annotations
 
-import time
-
 import torch
 
-from harness.method import EditMethod, NonFiniteEdit
+from harness.method import EditMethod, NonFiniteEdit, Phases
 from harness.types import EditedVideo, EditSample
 from videoshop import svd
 from videoshop.edm import schedule
@@ -55,55 +53,47 @@ class Videoshop(EditMethod):
         svd.check_num_frames(self.name, sample, self.num_frames)
         c = self.svd
         c.counter.calls = 0
+        phases = Phases(c.device)
         g = torch.Generator().manual_seed(seed)  # on the CPU, so a seed means the same noise on every device
-        video = svd.resize_frames(sample.source, self.size)
-        edited = svd.resize_frames(sample.edited_frame[None], self.size)[0]
-        T, sf = video.shape[0], c.vae.config.scaling_factor
+        T, sf = sample.num_frames, c.vae.config.scaling_factor
         sigmas = schedule(c.new_scheduler(), self.steps, self.strength)
         common = dict(generator=g, noise_aug=self.noise_aug, fps=self.fps, motion_bucket_id=self.motion_bucket_id)
-        t = [time.perf_counter()]
-
-        def lap() -> None:
-            svd.sync(c)
-            t.append(time.perf_counter())
 
         # 1. Encode & normalize: x_in = VAE(V)·0.18215, then x̂₀ = normalize(x_in) (Eq. 8; per frame in the release).
-        x0 = normalize(svd.encode(c, svd.to_pixels(video, c)) * sf, self.norm)
-        lap()
+        #    Pixels as the release prepares them: resized in float, never rounded to 8 bits (`svd.to_pixels`).
+        video = svd.to_pixels(sample.source, self.size, c.device)
+        edited = svd.to_pixels(sample.edited_frame[None], self.size, c.device)
+        x0 = normalize(svd.encode(c, video) * sf, self.norm)
+        phases.lap("encode")
 
         # 2. Inversion from σ = 0 to σ_start conditioned on the source frame, no guidance (Eqs. 5–7, or BDIA).
         #    CLIP sees the original frame resized straight to 224×224, as in the release.
-        src = svd.condition(c, video[0], T, standardize_latents=self.standardize_source_latents,
-                            clip_image=sample.source[0], **common)
+        src = svd.condition(c, video[:1], svd.clip_embeds(c, sample.source[0]), T,
+                            standardize_latents=self.standardize_source_latents, **common)
         F_src = svd.model(c, src)
-        lap()
+        phases.lap("condition")
         if self.inversion == "bdia":
             start = bdia_invert(F_src, x0, sigmas, self.bdia_gamma)
-            lap()
+            phases.lap("invert")
             self._check(start[0], "BDIA inversion")
         else:
             start = invert(F_src, x0, sigmas, mode=self.inversion, threshold=self.threshold, noise=self.noise, generator=g)
-            lap()
+            phases.lap("invert")
             self._check(start, "inversion")
 
         # 3. Generation: Euler from the inverted latent, conditioned on the edited frame, CFG with zero negatives.
-        tgt = svd.condition(c, edited, T, min_guidance=self.guidance, max_guidance=self.guidance,
-                            clip_image=sample.edited_frame, **common)
+        tgt = svd.condition(c, edited, svd.clip_embeds(c, sample.edited_frame), T, min_guidance=self.guidance,
+                            max_guidance=self.guidance, **common)
         F_tgt = svd.model(c, tgt)
-        lap()
+        phases.lap("condition")
         x = bdia_sample(F_tgt, start, sigmas, self.bdia_gamma) if self.inversion == "bdia" else euler_sample(F_tgt, start, sigmas)
-        lap()
+        phases.lap("generate")
         self._check(x, "generation")
 
         # 4. Rescale to the clean edited frame's latent statistics, per channel (Eq. 8), and decode.
         if self.rescale:
-            x = rescale(x, svd.encode(c, svd.to_pixels(edited[None], c))[:, 0] * sf)
+            x = rescale(x, svd.encode(c, edited)[:, 0] * sf)
         frames = svd.decode(c, x, sample.size)
-        lap()
-        encode_s, src_s, invert_s, tgt_s, generate_s, decode_s = (b - a for a, b in zip(t, t[1:]))
-        # seconds: the sampling loops only (inversion + generation), as the release times the edit and as
-        # svd_no_src is timed; encoding, CLIP/conditioning, rescaling and decoding are in info
-        return EditedVideo(frames, nfe=c.nfe, seconds=invert_s + generate_s, info={
-            "encode_s": encode_s, "condition_s": src_s + tgt_s, "invert_s": invert_s, "generate_s": generate_s,
-            "decode_s": decode_s, "total_s": t[-1] - t[0], "sigma_start": sigmas[0], "tiny_models": c.tiny})
-
+        phases.lap("decode")
+        return EditedVideo(frames, nfe=c.nfe, info={
+            "phases": phases.report(), "sigma_start": sigmas[0], "tiny_models": c.tiny})

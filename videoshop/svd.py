@@ -1,10 +1,11 @@
 """SVD's conditioning and denoiser call, shared by every method on this backbone.
 
-Frames in and out (resize, VAE encode/decode), the image conditioning (CLIP embedding + noise-augmented image
-latents + added time ids, with classifier-free guidance's zero negative branch), and `model(cond)`, which
-turns the UNet into the `F(x, σ)` the inversion and sampling loops call. CLIP encoding reuses the library
-pipeline's own helper so it matches `StableVideoDiffusionPipeline` exactly (`svd_no_src`), or, given the original
-image (`clip_image`), resizes that straight to CLIP's input size as the Videoshop release does.
+Frames in and out (pixels at the working size, VAE encode/decode), the image conditioning (CLIP embedding +
+noise-augmented image latents + added time ids, with classifier-free guidance's zero negative branch), and
+`model(cond)`, which turns the UNet into the `F(x, σ)` the inversion and sampling loops call. Pixels are
+prepared as the Videoshop release prepares them (`to_pixels`); the CLIP embedding is either the release's
+(`clip_embeds`: the original image resized straight to CLIP's input) or the library pipeline's own
+(`pipeline_clip_embeds`, so that `svd_no_src` matches `StableVideoDiffusionPipeline` exactly).
 """
 from __future__ import annotations
 
@@ -33,24 +34,30 @@ def check_num_frames(name: str, sample: EditSample, num_frames: int) -> None:
             "models=svd_xt: 25).")
 
 
-def sync(c: SVDComponents) -> None:
-    """Wait for queued CUDA work, so that wall-clock intervals measure it."""
-    if c.device.type == "cuda":
-        torch.cuda.synchronize()
+def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Float N×C×H×W → N×C×h×w, bilinear with antialiasing: torchvision's `Resize(BILINEAR, antialias=True)` on a
+    tensor, the release's resize (`data_module.py`), which is this very `interpolate` call."""
+    return Fnn.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
 
 
 def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """uint8 T×H×W×3 → uint8 T×h×w×3, bilinear with antialiasing (the release's resize; aspect not kept)."""
+    """uint8 T×H×W×3 → uint8 T×h×w×3 (bilinear, antialiased, rounded): an *image* at the working size, for
+    `svd_no_src`, whose input is an image as `StableVideoDiffusionPipeline`'s is. Videoshop uses `to_pixels`."""
     if frames.shape[1:3] == tuple(size):
         return frames
-    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
-    x = Fnn.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+    x = resize(torch.from_numpy(frames).permute(0, 3, 1, 2).float(), size)
     return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
-def to_pixels(frames: np.ndarray, c: SVDComponents) -> torch.Tensor:
-    """uint8 T×h×w×3 → T×3×h×w in [−1, 1] on the components' device (float32)."""
-    return torch.from_numpy(frames).to(c.device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+def to_pixels(frames: np.ndarray, size: tuple[int, int], device: torch.device) -> torch.Tensor:
+    """uint8 T×H×W×3 → float32 T×3×h×w in [−1, 1] at the working `size`, on `device`, as the release prepares
+    frames (`data_module.py`: ÷255, `Resize((h, w), BILINEAR, antialias=True)` in float on the CPU, then
+    `Normalize(0.5, 0.5)`): never rounded to 8 bits in between. At the working size nothing is resized, and
+    (x/255 − 0.5)/0.5 equals x/127.5 − 1 bit for bit for every uint8 x."""
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2) / 255.0
+    if tuple(x.shape[-2:]) != tuple(size):
+        x = resize(x, size)
+    return ((x - 0.5) / 0.5).to(device)
 
 
 @torch.no_grad()
@@ -78,11 +85,17 @@ def clip_embeds(c: SVDComponents, image: np.ndarray) -> torch.Tensor:
     antialiasing, then CLIP-normalized: the Videoshop release's CLIP input (from the original image)."""
     fe = c.feature_extractor
     x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255.0
-    x = Fnn.interpolate(x, size=(fe.crop_size["height"], fe.crop_size["width"]), mode="bilinear", antialias=True,
-                        align_corners=False)
+    x = resize(x, (fe.crop_size["height"], fe.crop_size["width"]))
     mean, std = (torch.tensor(v, dtype=x.dtype)[None, :, None, None] for v in (fe.image_mean, fe.image_std))
     x = ((x - mean) / std).to(c.device, c.image_encoder.dtype)
     return c.image_encoder(x).image_embeds[:, None]
+
+
+@torch.no_grad()
+def pipeline_clip_embeds(c: SVDComponents, image: np.ndarray) -> torch.Tensor:
+    """CLIP image embedding (1×1×D) of a uint8 image at the working size through `StableVideoDiffusionPipeline`'s
+    own helper (its Gaussian-blur antialiased resize to 224), as the pipeline computes it."""
+    return c.helpers._encode_image(PIL.Image.fromarray(image), c.device, 1, False)
 
 
 @torch.no_grad()
@@ -92,7 +105,7 @@ def decode(c: SVDComponents, latents: torch.Tensor, size: tuple[int, int]) -> np
     x = c.vae.decode(z.to(c.vae.dtype), num_frames=z.shape[0]).sample.float().clamp(-1, 1)
     x = (x + 1) * 127.5
     if tuple(x.shape[-2:]) != tuple(size):
-        x = Fnn.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+        x = resize(x, size)
     return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
@@ -107,27 +120,20 @@ class Condition:
 
 
 @torch.no_grad()
-def condition(c: SVDComponents, image: np.ndarray, num_frames: int, *, generator: torch.Generator,
-              noise_aug: float, fps: int, motion_bucket_id: int, min_guidance: float = 1.0,
-              max_guidance: float = 1.0, standardize_latents: bool = False, clip_image: np.ndarray | None = None,
-              upcast_vae: bool = False) -> Condition:
-    """SVD's conditioning on one uint8 h×w×3 image at the working size, in `StableVideoDiffusionPipeline`'s order
-    of random draws.
+def condition(c: SVDComponents, pixels: torch.Tensor, embeds: torch.Tensor, num_frames: int, *,
+              generator: torch.Generator, noise_aug: float, fps: int, motion_bucket_id: int, min_guidance: float = 1.0,
+              max_guidance: float = 1.0, standardize_latents: bool = False, upcast_vae: bool = False) -> Condition:
+    """SVD's conditioning on one image, in `StableVideoDiffusionPipeline`'s order of random draws.
 
-    CLIP embedding of the clean image (of `image` through the pipeline's helper, which resizes the working-size
-    image to 224 with its own antialiasing; or of `clip_image` via `clip_embeds`); VAE mode of the image plus
-    `noise_aug`·N(0, 1) pixel noise (unscaled; in fp32 with `upcast_vae`, see `encode`; with
-    `standardize_latents`, one global mean/std then ÷ the VAE scale: the release's source conditioning);
-    added time ids (fps − 1, motion bucket, noise_aug); per-frame guidance linspace(min, max) when max > 1.
+    `pixels`: the image as 1×3×h×w in [−1, 1] at the working size (`to_pixels`); `embeds`: its clean CLIP
+    embedding, 1×1×D (`clip_embeds` or `pipeline_clip_embeds`). VAE mode of the pixels plus `noise_aug`·N(0, 1)
+    pixel noise (unscaled; in fp32 with `upcast_vae`, see `encode`; with `standardize_latents`, one global
+    mean/std then ÷ the VAE scale: the release's source conditioning); added time ids (fps − 1, motion bucket,
+    noise_aug); per-frame guidance linspace(min, max) when max > 1, with zero embeddings and latents as negatives.
     """
     cfg = max_guidance > 1.0
-    if clip_image is None:
-        embeds = c.helpers._encode_image(PIL.Image.fromarray(image), c.device, 1, cfg)
-    else:
-        embeds = clip_embeds(c, clip_image)
-        if cfg:
-            embeds = torch.cat([torch.zeros_like(embeds), embeds])
-    pixels = to_pixels(image[None], c)
+    if cfg:
+        embeds = torch.cat([torch.zeros_like(embeds), embeds])
     pixels = pixels + noise_aug * randn_tensor(pixels.shape, generator=generator, device=c.device, dtype=pixels.dtype)
     lat = encode(c, pixels, upcast=upcast_vae)[:, 0]  # 1×C×h×w
     if standardize_latents:

@@ -6,13 +6,11 @@ conditioning and Euler loop as the editor, and its latents equal `StableVideoDif
 """
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-from harness.method import EditMethod
+from harness.method import EditMethod, Phases
 from harness.types import EditedVideo, EditSample
 from videoshop import svd
 from videoshop.edm import schedule
@@ -38,7 +36,8 @@ class SVDNoSource(EditMethod):
         included) and init noise, drawn in its order."""
         c = self.svd
         g = torch.Generator().manual_seed(seed)
-        cond = svd.condition(c, image, num_frames, generator=g, noise_aug=self.noise_aug, fps=self.fps,
+        cond = svd.condition(c, svd.to_pixels(image[None], self.size, c.device), svd.pipeline_clip_embeds(c, image),
+                             num_frames, generator=g, noise_aug=self.noise_aug, fps=self.fps,
                              motion_bucket_id=self.motion_bucket_id, min_guidance=self.min_guidance,
                              max_guidance=self.max_guidance, upcast_vae=True)
         scheduler = c.new_scheduler()
@@ -68,19 +67,12 @@ class SVDNoSource(EditMethod):
         svd.check_num_frames(self.name, sample, self.num_frames)
         c = self.svd
         c.counter.calls = 0
-        t0 = time.perf_counter()
+        phases = Phases(c.device)
         image = svd.resize_frames(sample.edited_frame[None], self.size)[0]
         F, x, sigmas = self._setup(image, sample.num_frames, seed)
-        svd.sync(c)
-        t1 = time.perf_counter()
+        phases.lap("condition")
         x = euler_sample(F, x, sigmas)
-        svd.sync(c)
-        t2 = time.perf_counter()
+        phases.lap("generate")
         frames = svd.decode(c, x, sample.size)
-        svd.sync(c)
-        t3 = time.perf_counter()
-        # seconds: the sampling loop only, as Videoshop's is its inversion + generation loops (docs/videoshop.md)
-        return EditedVideo(frames, nfe=c.nfe, seconds=t2 - t1, info={
-            "condition_s": t1 - t0, "generate_s": t2 - t1, "decode_s": t3 - t2, "total_s": t3 - t0,
-            "tiny_models": c.tiny})
-
+        phases.lap("decode")
+        return EditedVideo(frames, nfe=c.nfe, info={"phases": phases.report(), "tiny_models": c.tiny})
