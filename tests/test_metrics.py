@@ -16,7 +16,6 @@ from metrics.fvd import FVD, frechet_distance
 from metrics.regions import FlowTracker, SampleCache, regions_for
 from metrics.ssim import SSIM
 from metrics.tifa import TIFA, load_questions, map_answer, tifa_score
-from metrics.tifa_questions import generate, parse_questions
 
 REPO = Path(__file__).resolve().parents[1]
 # The tiny models group as Hydra composes it (its entries interpolate `${models.*}`).
@@ -190,22 +189,6 @@ def test_tiny_vqa_answers_every_frame_and_question(sample):
     out = metric.answer(sample.source[:2], ["is there a ball?", "what color is the ball?", "is there a cat?"])
     assert len(out) == 2 and all(len(f) == 3 and all(isinstance(a, str) for a in f) for f in out)
     assert metric.tiny
-
-
-def test_question_parser_on_canned_model_output():
-    text = """object | ball | Is there a ball? | yes; no | yes
-color | ball | What color is the ball? | yellow; blue; red | yellow
-this line is chatter
-color | cat | What color is the cat? | brown; grey | orange
-count | ball | How many balls? | 1 | 1
-
-Caption: something else
-object | dog | Is there a dog? | yes; no | yes"""
-    qs = parse_questions(text, "s1", "a tabby cat with a yellow ball")
-    assert [q["question"] for q in qs] == ["Is there a ball?", "What color is the ball?"]
-    assert qs[1]["choices"] == ["yellow", "blue", "red"] and qs[1]["answer"] == "yellow"
-    assert all(q["id"] == "s1" and q["caption"] == "a tabby cat with a yellow ball" for q in qs)
-    assert set(qs[0]) == {"id", "caption", "question", "choices", "answer", "element_type", "element"}
 
 
 @pytest.mark.slow
