@@ -19,7 +19,6 @@ on which other runs or columns the report holds.
 """
 from __future__ import annotations
 
-import logging
 import math
 import zipfile
 import zlib
@@ -30,8 +29,6 @@ import numpy as np
 
 from reports.columns import is_diagnostic
 from reports.runs import Problems, ReportRun
-
-log = logging.getLogger("report")
 
 #: The set-level column whose interval and floor come from per-video features, and those features' keys.
 FVD_COLUMN = "fvd"
