@@ -20,6 +20,11 @@ COST_HEADERS = {"seconds_per_edit": "seconds per edit", "nfe": "UNet calls", "pe
 DIAGNOSTIC_GROUPS = {"regions", "set size"}
 #: The bookkeeping columns the metrics write today, for runs whose summary records no column info.
 DIAGNOSTIC_COLUMNS = {"region_cotracker", "region_skipped", "fvd_n", "fvd_frames"}
+#: What reports.uncertainty adds beside a metric `m`, in table order: its interval (`m_lo`, `m_hi`), FVD's noise
+#: floor and its range, and the difference to the reference method with its interval and p-value.
+UNCERTAINTY_SUFFIXES = ("_lo", "_hi", "_floor", "_floor_lo", "_floor_hi", "_diff", "_diff_lo", "_diff_hi", "_p")
+#: The suffixes whose columns are in the metric's unit (×100 with it); `_p` is a probability.
+SCALED_SUFFIXES = tuple(s for s in UNCERTAINTY_SUFFIXES if s != "_p")
 
 
 def count_column(name: str) -> str:
@@ -32,6 +37,15 @@ def is_count(name: str) -> bool:
     return name.startswith("n_") and name not in ID_COLUMNS
 
 
+def uncertainty_of(name: str, names) -> tuple[str, str] | None:
+    """(metric, suffix) when column `name` is one of UNCERTAINTY_SUFFIXES beside a metric among `names`, else None."""
+    names = set(names)
+    for suffix in sorted(UNCERTAINTY_SUFFIXES, key=len, reverse=True):
+        if name.endswith(suffix) and name[: -len(suffix)] in names:
+            return name[: -len(suffix)], suffix
+    return None
+
+
 def is_cost(name: str) -> bool:
     return name in COST_COLUMNS or name.startswith("time_x_")
 
@@ -42,9 +56,11 @@ def is_diagnostic(name: str, columns: dict[str, dict]) -> bool:
 
 
 def metric_order(names, columns: dict[str, dict]) -> list[str]:
-    """The metric columns among `names`: the paper's in its order, then the others by name (no ids, costs or diagnostics)."""
+    """The metric columns among `names`: the paper's in its order, then the others by name (no ids, costs,
+    diagnostics, or the intervals and tests beside a metric)."""
     names = list(names)
-    rest = sorted(n for n in names if n not in PAPER_COLUMNS + ID_COLUMNS and not is_cost(n) and not is_diagnostic(n, columns))
+    rest = sorted(n for n in names if n not in PAPER_COLUMNS + ID_COLUMNS and not is_cost(n) and not is_diagnostic(n, columns)
+                  and uncertainty_of(n, names) is None)
     return [c for c in PAPER_COLUMNS if c in names] + rest
 
 

@@ -6,21 +6,40 @@ Measured methods the paper's table lacks follow at the end. Rows computed with t
 dataset than the paper's (`COMPARABLE_DATASET`), are marked as not comparable, and so are their Δ rows.
 Table 4 gives each method's execution time as a multiple of Videoshop's measured time beside the paper's
 multiples and human-preference numbers.
+
+Measured rows carry the table's intervals and tests in `<table>.csv` (`<metric>_lo/_hi`, `_diff`, `_diff_lo/_hi`,
+`_p`, FVD's `fvd_floor`); a Δ row's `_lo/_hi` is the measured interval minus the paper's value, so the paper's
+number lies within the measured interval when 0 lies within the Δ row's. The printed layouts mark a measured
+mean that differs significantly from the reference method's (`*`) and leave the intervals to the CSV.
 """
 from __future__ import annotations
 
 import html
 import math
+import re
 from dataclasses import dataclass, field
 
 import pandas as pd
 
+from reports.columns import UNCERTAINTY_SUFFIXES
 from reports.paper import COLUMNS, COMPARABLE_DATASET, TABLES, display_name, paper_rows, paper_table4
+from reports.uncertainty import UncertaintyConfig
 
 TIME_HEADER = "Time (× Videoshop)"
+#: The mark after a measured mean that differs significantly from the reference method's (as in reports.tables).
+SIGNIFICANT = "*"
 TIME_GROUP = "Efficiency (Table 4)"
 LATEX_SYMBOLS = {"↑": r"$\uparrow$", "↓": r"$\downarrow$", "Δ": r"$\Delta$", "−": "-", "—": "--", "×": r"$\times$"}
+LATEX_ESCAPES = {"\\": r"\textbackslash{}", "_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#", "$": r"\$", "{": r"\{",
+                 "}": r"\}", "<": r"$<$", ">": r"$>$", "`": ""}
+#: A layout row's own fields, before its values in `<table>.csv`.
+ROW_FIELDS = ["method", "kind", "row", "note", "dataset", "models", "tiny", "comparable"]
 ROW_CLASS = {"paper": "paper", "measured": "measured", "Δ": "delta"}
+
+
+def latex_text(text: str) -> str:
+    """Plain text (a caption or note) with LaTeX's special characters escaped and `code` quotes dropped."""
+    return re.sub("|".join(map(re.escape, LATEX_ESCAPES)), lambda m: LATEX_ESCAPES[m.group()], text)
 
 
 def latex_symbols(tex: str) -> str:
@@ -32,7 +51,8 @@ def latex_symbols(tex: str) -> str:
 
 @dataclass
 class LayoutConfig:
-    """Which measured datasets sit beside which paper table (`report.*` in conf/config.yaml)."""
+    """Which measured datasets sit beside which paper table, and the intervals' and tests' settings (`report.*` in
+    conf/config.yaml)."""
 
     datasets: dict[str, list[str]] = field(default_factory=lambda: {
         "2": ["magicbrush", "sample"], "3": ["hdvila_expert", "sample"], "4": ["magicbrush", "sample"],
@@ -41,13 +61,15 @@ class LayoutConfig:
     other_methods: dict[str, bool] = field(default_factory=lambda: {"2": True, "3": True, "5": False})
     aliases: dict[str, str] = field(default_factory=lambda: {"videoshop_paper": "videoshop"})
     time_reference: str = "videoshop"
+    uncertainty: UncertaintyConfig = field(default_factory=UncertaintyConfig)
 
     @classmethod
     def from_config(cls, cfg) -> "LayoutConfig":
-        """From the `report` config node: tables.tableN.{datasets, other_methods}, aliases, time_reference."""
+        """From the `report` config node: tables.tableN.{datasets, other_methods}, aliases, time_reference,
+        reference_method and uncertainty."""
         if cfg is None:
             return cls()
-        out = cls()
+        out = cls(uncertainty=UncertaintyConfig.from_config(cfg))
         for name, t in (cfg.get("tables") or {}).items():
             key = str(name).removeprefix("table")
             if t.get("datasets") is not None:
@@ -76,18 +98,22 @@ class Layout:
     metrics: list[tuple[str, str, str]]  # (key, group, header with arrow)
     dash: set[str] = field(default_factory=set)  # columns where a missing value prints "—" (not printed), not NaN
     measured: set[str] = field(default_factory=set)  # metrics the results have; others print "—" in measured rows
+    uncertainty: UncertaintyConfig = field(default_factory=UncertaintyConfig)  # alpha and reference of the `*` marks
 
     def formatted(self) -> pd.DataFrame:
         """Strings as printed: 2 decimals, signed differences, grouped (group, header) columns; a measured mean over
-        part of the run's finished samples as `63.20 (n=9)`."""
+        part of the run's finished samples as `63.20 (n=9)`, and `63.20*` when it differs significantly from the
+        reference method's."""
         f = self.frame
         out = {("", "Method"): f["method"].map(display_name), ("", "Row"): f["row"]}
         for key, group, header in self.metrics:
             counts = f[f"n_{key}"] if f"n_{key}" in f else pd.Series(math.nan, index=f.index)
+            p = f[f"{key}_p"] if f"{key}_p" in f else pd.Series(math.nan, index=f.index)
             out[(group, header)] = [
                 "—" if r != "paper" and key not in self.measured | self.dash
-                else _fmt(v, signed=r == "Δ", missing="—" if key in self.dash else "NaN") + ("" if pd.isna(n) else f" (n={int(n)})")
-                for v, r, n in zip(f[key], f["kind"], counts)
+                else _fmt(v, signed=r == "Δ", missing="—" if key in self.dash else "NaN")
+                + (SIGNIFICANT if r == "measured" and pv < self.uncertainty.alpha else "") + ("" if pd.isna(n) else f" (n={int(n)})")
+                for v, r, n, pv in zip(f[key], f["kind"], counts, p.fillna(1.0))
             ]
         out[("", "Note")] = f["note"]
         return pd.DataFrame(out, index=f.index).set_axis(pd.MultiIndex.from_tuples(out), axis=1)
@@ -98,11 +124,23 @@ class Layout:
             f"**{g}**: {', '.join(h for gg, h in shown.columns if gg == g)}" for g in dict.fromkeys(g for g, _ in shown.columns) if g
         )
         flat = shown.set_axis([h for _, h in shown.columns], axis=1)
-        return f"### {self.title}\n\n{groups}\n\n{flat.to_markdown(index=False, disable_numparse=True)}\n"
+        note = f"\n{self.legend()}\n" if self.tested() else ""
+        return f"### {self.title}\n\n{groups}\n\n{flat.to_markdown(index=False, disable_numparse=True)}\n{note}"
+
+    def tested(self) -> bool:
+        """Whether any measured row was compared with the reference method (has a p-value)."""
+        return any(f"{key}_p" in self.frame and self.frame[f"{key}_p"].notna().any() for key, _, _ in self.metrics)
+
+    def legend(self) -> str:
+        u = self.uncertainty
+        return (f"`{SIGNIFICANT}`: differs from measured {display_name(u.reference_method)} of the same dataset and models on "
+                f"the samples both finished (paired permutation test, p < {u.alpha:g}). {u.confidence:.0%} bootstrap "
+                f"intervals and p-values: `{self.key}.csv`.")
 
     def latex(self) -> str:
         """LaTeX that compiles with pdflatex and booktabs: special characters escaped, symbols in math mode."""
-        tex = self.formatted().to_latex(index=False, multicolumn=True, multicolumn_format="c", caption=self.title, escape=True)
+        caption = latex_text(f"{self.title}. {self.legend()}" if self.tested() else self.title)
+        tex = self.formatted().to_latex(index=False, multicolumn=True, multicolumn_format="c", caption=caption, escape=True)
         return latex_symbols(tex)
 
     def html(self) -> str:
@@ -150,6 +188,16 @@ def _partial_counts(row: pd.Series, keys: list[str]) -> dict[str, int]:
     finished = int(row["n"]) - int(row.get("n_failed", 0))
     counts = {k: row.get(f"n_{k}") for k in keys}
     return {f"n_{k}": int(n) for k, n in counts.items() if n is not None and not pd.isna(n) and 0 < n < finished}
+
+
+def _uncertainty(row: pd.Series, keys: list[str], paper: dict[str, float] | None = None) -> dict[str, float]:
+    """The measured row's intervals and tests of each metric (`<key>_lo`, ...; see reports.uncertainty); with the
+    paper's values, the Δ row's: the measured interval minus the paper's value."""
+    out = {f"{k}{s}": float(row[f"{k}{s}"]) for k in keys for s in UNCERTAINTY_SUFFIXES
+           if f"{k}{s}" in row and not pd.isna(row[f"{k}{s}"])}
+    if paper is None:
+        return out
+    return {f"{k}{s}": out[f"{k}{s}"] - paper[k] for k in keys for s in ("_lo", "_hi") if f"{k}{s}" in out}
 
 
 def _why_not_comparable(row: pd.Series, key: str) -> list[str]:
@@ -220,8 +268,9 @@ def paper_layout(key: str, table: pd.DataFrame, cfg: LayoutConfig) -> Layout:
             mvals = {k: float(m.get(k, math.nan)) for k in keys + ["time_x"]}
             where = f"{m['dataset']}/{m['models']}"
             label = f"measured {where}" + ("" if m["method"] == method else f" ({m['method']})")
-            add(method, "measured", f"{label} n={int(m['n'])}", mvals | _partial_counts(m, keys), m, _note(m, key))
-            delta = {k: mvals[k] - pvals[k] for k in mvals}
+            add(method, "measured", f"{label} n={int(m['n'])}", mvals | _partial_counts(m, keys) | _uncertainty(m, keys), m,
+                _note(m, key))
+            delta = {k: mvals[k] - pvals[k] for k in mvals} | _uncertainty(m, keys, pvals)
             if method == cfg.time_reference:  # its time is 1 by definition: no difference to show
                 delta["time_x"] = math.nan
             label, note = _delta_row(where, m, key)
@@ -230,10 +279,12 @@ def paper_layout(key: str, table: pd.DataFrame, cfg: LayoutConfig) -> Layout:
         for _, m in measured[~measured["paper_method"].isin(paper.index)].iterrows():
             mvals = {k: float(m.get(k, math.nan)) for k in keys + ["time_x"]}
             add(m["method"], "measured", f"measured {m['dataset']}/{m['models']} n={int(m['n'])} (not in the paper)",
-                mvals | _partial_counts(m, keys), m, _note(m, key))
+                mvals | _partial_counts(m, keys) | _uncertainty(m, keys), m, _note(m, key))
     frame = pd.DataFrame(rows)
+    beside = [c for k in keys for c in [k, *(k + s for s in UNCERTAINTY_SUFFIXES)] if c in frame]  # each metric, then its intervals
+    frame = frame[ROW_FIELDS + beside + [c for c in frame if c not in ROW_FIELDS + beside]]
     frame = frame.astype({c: "Int64" for c in frame if c.startswith("n_")})
-    return Layout(f"table{key}", title, frame, metrics, dash={"time_x"}, measured=set(table.columns))
+    return Layout(f"table{key}", title, frame, metrics, dash={"time_x"}, measured=set(table.columns), uncertainty=cfg.uncertainty)
 
 
 def table4_layout(table: pd.DataFrame, cfg: LayoutConfig) -> Layout:
