@@ -138,11 +138,15 @@ def test_plus_variants_use_only_their_region(sample, clip_metric, flow_metric):
     in_clip, in_flow = clip_metric.score(sample, inside), flow_metric.score(sample, inside)
     assert out_clip["clip_tgt_plus"] == pytest.approx(base_clip["clip_tgt_plus"], abs=1e-6)
     assert in_clip["clip_src_plus"] == pytest.approx(base_clip["clip_src_plus"], abs=1e-6)
-    assert in_flow["flow_plus"] == pytest.approx(base_flow["flow_plus"], abs=1e-6)
+    # Flow+ (masked_epe) averages full-frame flows outside the region: noise inside moves it less than Flow
+    assert base_flow["flow_plus"] == pytest.approx(0.0, abs=1e-6) and 0 < in_flow["flow_plus"] < in_flow["flow"]
+    # plus_mode=blank_then_flow blanks the region before the flows: what is inside cannot reach Flow+ at all
+    blanked = FlowError(TINY["flow"], TINY["tracker"], size=TINY["flow_size"], plus_mode="blank_then_flow")
+    assert blanked.score(sample, inside)["flow_plus"] == pytest.approx(blanked.score(sample, edited)["flow_plus"], abs=1e-6)
     # the full-frame scores do see those pixels
     assert out_clip["clip_src"] < base_clip["clip_src"] - 1e-4
     assert in_flow["flow"] > base_flow["flow"] + 1e-4
-    assert in_clip["region_cotracker"] == 0.0 and in_clip["region_skipped"] == 0.0
+    assert in_clip["region_cotracker"] == 0.0 and in_clip["region_skipped"] == 0.0 and in_flow["flow_region_skipped"] == 0.0
 
 
 def _trigram_embed(texts):

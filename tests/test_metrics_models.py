@@ -147,7 +147,7 @@ def test_paper_suite_columns(compose):
     suite = load_suite(compose("metrics=paper", "device=cpu"))
     cols = suite.columns
     paper = {"clip_tgt", "clip_tgt_plus", "tifa", "clip_src", "clip_src_plus", "flow", "flow_plus", "fvd", "ssim", "clip_tc"}
-    bookkeeping = {"region_skipped", "region_cotracker", "fvd_n", "fvd_frames", "gt_psnr", "gt_ssim"}
+    bookkeeping = {"region_skipped", "flow_region_skipped", "region_cotracker", "fvd_n", "fvd_frames", "gt_psnr", "gt_ssim"}
     assert set(cols) == paper | bookkeeping
     paper_groups = {"edit fidelity", "source faithfulness", "temporal consistency"}
     assert {c for c in cols if cols[c].group in paper_groups} == paper
@@ -190,6 +190,7 @@ def test_dis_selected_in_config_scores_a_sample(compose, sample_track, tmp_path,
         assert metric.estimator.name == "dis" and not metric.tiny
         same = metric.score(s, s.source)
         assert same["flow"] == 0.0 and same["flow_plus"] == 0.0 and same["region_cotracker"] == 0.0
+        assert same["flow_region_skipped"] == 0.0
         static = metric.score(s, np.repeat(s.source[:1], len(s.source), 0))
         assert static["flow"] > 0.5  # the camera pans: a frozen video's flow is far from the source's
 
