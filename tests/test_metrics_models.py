@@ -89,7 +89,7 @@ def test_i3d_local_file_with_checksum(tmp_path, fmt):
         torch.testing.assert_close(tiny(x), real(x))
     # the digest used travels with the features and into the run's summary
     fvd = FVD({"tiny": False, "seed": 0, "checkpoint": str(path), "sha256": digest, "width": 0.125})
-    assert fvd.info == {"fvd_i3d": digest} and real.weights_id == digest
+    assert fvd.info == {"fvd_i3d": digest, "fvd_convention": "stylegan_v"} and real.weights_id == digest
     with pytest.raises(MissingWeights, match="sha256"):
         load_i3d(str(path), "0" * 64, width=0.125)
     # unset: refused, with the file's actual sha256 and the setting to put it in
@@ -155,7 +155,7 @@ def test_paper_suite_columns(compose):
     assert {c for c in paper if not cols[c].higher_is_better} == {"flow", "flow_plus", "fvd"}
     assert {cols[c].group for c in paper} == paper_groups
     assert suite.tiny and "fvd" in suite.sets["fvd"].columns
-    assert suite.info == {"fvd_i3d": "random(seed=0,width=0.125)"}
+    assert suite.info == {"fvd_i3d": "random(seed=0,width=0.125)", "fvd_convention": "stylegan_v"}
 
 
 def test_tifa_without_questions_is_loud(compose, tmp_path):
