@@ -19,7 +19,7 @@ from harness.cache import cache_key, cached
 from harness.metric import Column, VideoMetric
 from harness.types import EditSample
 from harness.weights import MissingWeights, hub_reachable
-from metrics.regions import TRACKER_COLUMN, SampleCache, blank, regions_for
+from metrics.regions import TRACKER_COLUMN, SampleCache, blank, regions_for, usable_frames
 from metrics.tensors import batches, model_dtype, resize, to_tensor
 
 
@@ -171,8 +171,7 @@ class CLIPScores(VideoMetric):
     def _plus(self, sample: EditSample, edited: np.ndarray, e_tgt: torch.Tensor) -> dict[str, float]:
         regions = regions_for(sample, self.tracker, self.device)
         masks = regions.masks
-        frac = masks.reshape(len(masks), -1).mean(1)
-        ok = np.flatnonzero((frac >= self.min_region) & (1 - frac >= self.min_region))
+        ok = usable_frames(masks, self.min_region)
         out = {"region_skipped": float(len(masks) - len(ok)), "region_cotracker": regions.by_cotracker}
         if len(ok) == 0:  # the region is lost in every frame: the `+` columns do not apply to this sample
             return out

@@ -2,10 +2,16 @@
 source video and that of the edited video, frame t -> t+1, at one fixed evaluation size for every method.
 
 Estimators (`models.flow.kind`): torchvision RAFT large (`raft`: default weights C_T_SKHT_V2, or a local
-file) and OpenCV DIS (`dis`: weight-free); each kind's settings sit under its own key. Flow+ averages the
-error over unedited-region pixels only; so that the edited region's content cannot leak into that average
-through the flow network's receptive field, the region is blanked with one constant in both videos before
-their flows are computed.
+file) and OpenCV DIS (`dis`: weight-free); each kind's settings sit under its own key.
+
+Flow+ ("the EPE within only unedited regions") has two readings, `plus_mode`:
+- `masked_epe` (default, the plain reading): the same full-frame flows as Flow, their EPE averaged over the
+  pixels outside frame t's tracked edited region;
+- `blank_then_flow`: the region is blanked with `fill` in both videos before their flows are computed, so
+  the edited content cannot reach the kept pixels through the estimator's receptive field.
+Either way a pair t -> t+1 is skipped when frame t's region (or its complement) is lost or tiny, by the
+test CLIP+ uses (`metrics.regions.usable_frames`, `min_region`); skipped pairs are counted in
+`flow_region_skipped`, and with no pair left Flow+ does not apply (the column is left out).
 """
 from __future__ import annotations
 
@@ -22,7 +28,7 @@ from harness.metric import Column, VideoMetric
 from harness.types import EditSample
 from harness.weights import MissingWeights, hub_reachable
 from metrics.checkpoints import load_state_dict
-from metrics.regions import TRACKER_COLUMN, SampleCache, blank, regions_for, resize_masks
+from metrics.regions import TRACKER_COLUMN, SampleCache, blank, regions_for, resize_masks, usable_frames
 from metrics.tensors import batches, resize, to_tensor
 
 
@@ -107,20 +113,30 @@ def make_flow(cfg: dict, device: str = "cpu"):
     return RAFTFlow(**settings, device=device) if kind == "raft" else DISFlow(**settings)
 
 
+#: Flow+ readings (see the module docstring); the first is the default.
+PLUS_MODES = ("masked_epe", "blank_then_flow")
+
+
 class FlowError(VideoMetric):
-    """`flow`: mean EPE over all pixels; `flow_plus`: mean EPE over unedited-region pixels (tracked masks)."""
+    """`flow`: mean EPE over all pixels; `flow_plus`: mean over usable pairs of the EPE averaged over the pixels
+    outside the tracked edited region; `flow_region_skipped`: pairs skipped for a lost or tiny region."""
 
     columns = {
         "flow": Column(percent=False, higher_is_better=False, group="source faithfulness"),
         "flow_plus": Column(percent=False, higher_is_better=False, group="source faithfulness"),
+        "flow_region_skipped": Column(percent=False, higher_is_better=False, group="regions"),
         **TRACKER_COLUMN,
     }
 
     def __init__(self, estimator: dict, tracker: dict | None = None, size: tuple[int, int] = (320, 576),
-                 fill: int = 127, source_cache_mb: float | None = 4096, device: str = "cpu"):
+                 plus_mode: str = "masked_epe", min_region: float = 0.001, fill: int = 127,
+                 source_cache_mb: float | None = 4096, device: str = "cpu"):
+        if plus_mode not in PLUS_MODES:
+            raise ValueError(f"metrics.flow.plus_mode must be one of {', '.join(PLUS_MODES)}; got {plus_mode!r}")
         self.estimator = make_flow(estimator, device)
         self.tiny = bool(getattr(self.estimator, "tiny", False))
-        self.tracker, self.size, self.fill, self.device = tracker, tuple(size), fill, device
+        self.tracker, self.size, self.device = tracker, tuple(size), device
+        self.plus_mode, self.min_region, self.fill = plus_mode, min_region, fill
         # the source's flows are the same for every method: kept for as many sources as `source_cache_mb` holds
         self._source = SampleCache(source_cache_mb)
 
@@ -131,21 +147,24 @@ class FlowError(VideoMetric):
         return self.estimator(video[:-1], video[1:])
 
     def score(self, sample: EditSample, edited: np.ndarray) -> dict[str, float]:
-        src = self._resized(sample.source)
-        out = self._resized(edited)
-        src_flow = self._source.get(sample, "flow", lambda: self._flows(src))
-        epe = np.linalg.norm(self._flows(out) - src_flow, axis=-1)
+        src_flow = self._source.get(sample, "flow", lambda: self._flows(self._resized(sample.source)))
+        epe = np.linalg.norm(self._flows(self._resized(edited)) - src_flow, axis=-1)
         scores = {"flow": float(epe.mean())}
         if self.tracker is not None and sample.mask is not None:
-            regions = regions_for(sample, self.tracker, self.device)
-            scores["region_cotracker"] = regions.by_cotracker
-            masks = resize_masks(regions.masks, self.size)
+            scores.update(self._plus(sample, edited, epe))
+        return scores
+
+    def _plus(self, sample: EditSample, edited: np.ndarray, epe: np.ndarray) -> dict[str, float]:
+        regions = regions_for(sample, self.tracker, self.device)
+        keep = ~resize_masks(regions.masks, self.size)[:-1]  # pair t -> t+1: the pixels of frame t outside its region
+        pairs = [t for t in usable_frames(regions.masks, self.min_region) if t < len(keep) and keep[t].any()]
+        out = {"flow_region_skipped": float(len(keep) - len(pairs)), "region_cotracker": regions.by_cotracker}
+        if not pairs:  # the region is lost (or covers the frame) in every pair: Flow+ does not apply
+            return out
+        if self.plus_mode == "blank_then_flow":
             # blank at the native size, then resize: no edited pixel can bleed into the kept ones
             blanked = lambda v: self._flows(self._resized(blank(v, regions.masks, self.fill)))  # noqa: E731
-            src_b = self._source.get(sample, "flow_plus", lambda: blanked(sample.source))
-            epe_b = np.linalg.norm(blanked(edited) - src_b, axis=-1)
-            keep = ~masks[:-1]
-            per_pair = [e[k].mean() for e, k in zip(epe_b, keep) if k.any()]
-            if per_pair:  # else the edited region covers every frame: Flow+ does not apply
-                scores["flow_plus"] = float(np.mean(per_pair))
-        return scores
+            src_b = self._source.get(sample, "flow_blanked", lambda: blanked(sample.source))
+            epe = np.linalg.norm(blanked(edited) - src_b, axis=-1)
+        out["flow_plus"] = float(np.mean([epe[t][keep[t]].mean() for t in pairs]))
+        return out

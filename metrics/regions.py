@@ -125,6 +125,13 @@ def resize_masks(masks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return F.interpolate(t, size=tuple(size), mode="nearest")[:, 0].numpy() > 0.5
 
 
+def usable_frames(masks: np.ndarray, min_region: float) -> np.ndarray:
+    """Indices of the frames whose edited region and its complement each cover at least `min_region` of the
+    frame; the "+" metrics skip the others (region lost by the tracker, or tiny) and count them."""
+    frac = masks.reshape(len(masks), -1).mean(1)
+    return np.flatnonzero((frac >= min_region) & (1 - frac >= min_region))
+
+
 def blank(video: np.ndarray, masks: np.ndarray, fill: int) -> np.ndarray:
     """`video` with the masked pixels of each frame set to one constant."""
     out = video.copy()

@@ -19,7 +19,7 @@ COST_HEADERS = {"seconds_per_edit": "seconds per edit", "nfe": "UNet calls", "pe
 #: Column groups that count things about the scoring (tracker used, frames skipped, FVD's set size): not metrics.
 DIAGNOSTIC_GROUPS = {"regions", "set size"}
 #: The bookkeeping columns the metrics write today, for runs whose summary records no column info.
-DIAGNOSTIC_COLUMNS = {"region_cotracker", "region_skipped", "fvd_n", "fvd_frames"}
+DIAGNOSTIC_COLUMNS = {"region_cotracker", "region_skipped", "flow_region_skipped", "fvd_n", "fvd_frames"}
 #: What reports.uncertainty adds beside a metric `m`, in table order: its interval (`m_lo`, `m_hi`), FVD's noise
 #: floor and its range, and the difference to the reference method with its interval and p-value.
 UNCERTAINTY_SUFFIXES = ("_lo", "_hi", "_floor", "_floor_lo", "_floor_hi", "_diff", "_diff_lo", "_diff_hi", "_p")

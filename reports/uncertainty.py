@@ -133,10 +133,10 @@ def paired_test(a: np.ndarray, b: np.ndarray, cfg: UncertaintyConfig, rng: np.ra
     return Paired(float(d.mean()), lo, hi, sign_flip_p(d, cfg.permutations, rng), int(d.size))
 
 
-def frechet_distances(real: np.ndarray, fake: np.ndarray) -> np.ndarray:
+def frechet_distances(real: np.ndarray, fake: np.ndarray, ddof: int = 1) -> np.ndarray:
     """The Fréchet distance of metrics.fvd for stacks of sets, real and fake (…, n, d) -> (…): the Gaussians'
-    means and covariances (ddof 1) as `FVD.compute` takes them, with tr((S1 S2)^½) as the nuclear norm of
-    (centred real)(centred fake)ᵀ / (n − 1), which is exact for covariances and needs no matrix square root. With
+    means and covariances (normalised by n − ddof, as the FVD convention says), with tr((S1 S2)^½) as the nuclear norm of
+    (centred real)(centred fake)ᵀ / (n − ddof), which is exact for covariances and needs no matrix square root. With
     more videos than features each centred set is first reduced to its d×d QR factor (same Gram matrix)."""
     n, d = real.shape[-2:]
     mr, mf = real.mean(-2), fake.mean(-2)
@@ -145,7 +145,7 @@ def frechet_distances(real: np.ndarray, fake: np.ndarray) -> np.ndarray:
         rc, fc = np.linalg.qr(rc, mode="r"), np.linalg.qr(fc, mode="r")
     nuclear = np.linalg.svd(rc @ np.swapaxes(fc, -1, -2), compute_uv=False).sum(-1)
     spread = (rc**2).sum((-2, -1)) + (fc**2).sum((-2, -1)) - 2 * nuclear
-    return np.maximum(0.0, ((mr - mf) ** 2).sum(-1) + spread / (n - 1))
+    return np.maximum(0.0, ((mr - mf) ** 2).sum(-1) + spread / (n - ddof))
 
 
 def _centred(g: np.ndarray) -> np.ndarray:
@@ -153,7 +153,7 @@ def _centred(g: np.ndarray) -> np.ndarray:
     return g - g.mean(-1, keepdims=True) - g.mean(-2, keepdims=True) + g.mean((-2, -1), keepdims=True)
 
 
-def _gram_distances(gram: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def _gram_distances(gram: np.ndarray, a: np.ndarray, b: np.ndarray, ddof: int) -> np.ndarray:
     """frechet_distances of the row subsets a, b (…, m) of a feature matrix, from its Gram matrix: the same terms
     as m×m blocks, so a subset costs O(m²) plus one m×m SVD whatever the feature size."""
     aa, bb, ab = (gram[x[..., :, None], y[..., None, :]] for x, y in ((a, a), (b, b), (a, b)))
@@ -161,10 +161,10 @@ def _gram_distances(gram: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarra
     means = aa.mean((-2, -1)) + bb.mean((-2, -1)) - 2 * ab.mean((-2, -1))
     trace = lambda g: np.trace(g, axis1=-2, axis2=-1) - g.sum((-2, -1)) / m  # noqa: E731  tr of the centred block
     nuclear = np.linalg.svd(_centred(ab), compute_uv=False).sum(-1)
-    return np.maximum(0.0, means + (trace(aa) + trace(bb) - 2 * nuclear) / (m - 1))
+    return np.maximum(0.0, means + (trace(aa) + trace(bb) - 2 * nuclear) / (m - ddof))
 
 
-def subset_distances(z: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def subset_distances(z: np.ndarray, a: np.ndarray, b: np.ndarray, ddof: int = 1) -> np.ndarray:
     """The Fréchet distance between rows a[i] and rows b[i] of features z (N×d) for every i (a, b: k×m row
     indices), in batches: from z's Gram matrix when m <= d, else from the features."""
     z = z - z.mean(0)  # a common shift: no distance changes, and the Gram terms do not cancel large norms
@@ -172,7 +172,8 @@ def subset_distances(z: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     gram = z @ z.T if m <= d else None
     out = np.empty(len(a))
     for s in _chunks(len(a), m, m if gram is not None else d):
-        out[s] = _gram_distances(gram, a[s], b[s]) if gram is not None else frechet_distances(z[a[s]], z[b[s]])
+        out[s] = (_gram_distances(gram, a[s], b[s], ddof) if gram is not None
+                  else frechet_distances(z[a[s]], z[b[s]], ddof))
     return out
 
 
@@ -192,7 +193,8 @@ def _recentred(stats: np.ndarray, estimate: float, confidence: float) -> tuple[f
     return float(lo) - bias, float(hi) - bias
 
 
-def fvd_interval(real: np.ndarray, fake: np.ndarray, cfg: UncertaintyConfig, rng: np.random.Generator) -> tuple[float, float]:
+def fvd_interval(real: np.ndarray, fake: np.ndarray, cfg: UncertaintyConfig, rng: np.random.Generator,
+                 ddof: int = 1) -> tuple[float, float]:
     """FVD's bootstrap interval: videos resampled with replacement (each keeps its source and edit), FVD recomputed,
     the percentile interval recentred on FVD (`_recentred`)."""
     n = len(real)
@@ -200,24 +202,25 @@ def fvd_interval(real: np.ndarray, fake: np.ndarray, cfg: UncertaintyConfig, rng
         return math.nan, math.nan
     rows = rng.integers(0, n, (cfg.fvd_resamples, n))
     z = np.concatenate([real, fake])
-    estimate = float(subset_distances(z, np.arange(n)[None], np.arange(n, 2 * n)[None])[0])
-    return _recentred(subset_distances(z, rows, rows + n), estimate, cfg.confidence)
+    estimate = float(subset_distances(z, np.arange(n)[None], np.arange(n, 2 * n)[None], ddof)[0])
+    return _recentred(subset_distances(z, rows, rows + n, ddof), estimate, cfg.confidence)
 
 
-def fvd_noise_floor(real: np.ndarray, cfg: UncertaintyConfig, rng: np.random.Generator) -> tuple[float, float, float]:
+def fvd_noise_floor(real: np.ndarray, cfg: UncertaintyConfig, rng: np.random.Generator,
+                    ddof: int = 1) -> tuple[float, float, float]:
     """The mean Fréchet distance between two disjoint random halves of the source videos (N/2 each, N//2 when N is
     odd), over `fvd_floor_repeats` splits, and the central `confidence` range of those distances."""
     half = len(real) // 2
     if half < 2:
         return math.nan, math.nan, math.nan
     order = rng.permuted(np.tile(np.arange(len(real)), (cfg.fvd_floor_repeats, 1)), axis=1)
-    dist = subset_distances(real, order[:, :half], order[:, half:2 * half])
+    dist = subset_distances(real, order[:, :half], order[:, half:2 * half], ddof)
     lo, hi = percentile_interval(dist, cfg.confidence)
     return float(dist.mean()), float(lo), float(hi)
 
 
 def fvd_paired(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray], cfg: UncertaintyConfig,
-               rng: np.random.Generator) -> Paired:
+               rng: np.random.Generator, ddof: int = 1) -> Paired:
     """FVD(a) − FVD(b) on the same videos ((real, fake) features each, rows aligned): its paired-bootstrap interval
     (the same videos resampled for both, recentred as `fvd_interval`) and a permutation p-value (each video's two
     edits swapped at random)."""
@@ -228,8 +231,8 @@ def fvd_paired(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray
     ra, fa, rb, fb = (k * n for k in range(4))
 
     def diffs(rows: np.ndarray, swap: np.ndarray) -> np.ndarray:
-        return (subset_distances(z, rows + ra, rows + np.where(swap, fb, fa))
-                - subset_distances(z, rows + rb, rows + np.where(swap, fa, fb)))
+        return (subset_distances(z, rows + ra, rows + np.where(swap, fb, fa), ddof)
+                - subset_distances(z, rows + rb, rows + np.where(swap, fa, fb), ddof))
 
     whole = np.arange(n)[None]
     diff = float(diffs(whole, np.zeros_like(whole, bool))[0])
@@ -248,6 +251,7 @@ class FvdFeatures:
     real: np.ndarray
     fake: np.ndarray
     weights: str
+    ddof: int  # covariance normalisation of the run's FVD convention (metrics.fvd.CONVENTIONS)
 
     def rows(self, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
         where = {sid: i for i, sid in enumerate(self.ids)}
@@ -280,10 +284,14 @@ def fvd_features(run: ReportRun, problems: Problems) -> FvdFeatures | None:
         problems.note(f"run {run.where}: its features.npz files do not hold FVD features of one I3D and one size for "
                       f"2 or more videos: no FVD interval")
         return None
-    from metrics.fvd import frechet_distance  # here: metrics.fvd imports torch, which runs without FVD never need
+    from metrics.fvd import CONVENTIONS, DEFAULT_CONVENTION, frechet_distance  # here: metrics.fvd imports torch
 
-    feats = FvdFeatures(ids, np.stack(real), np.stack(fake), weights.pop())
-    again = frechet_distance(feats.real.mean(0), np.cov(feats.real, rowvar=False), feats.fake.mean(0), np.cov(feats.fake, rowvar=False))
+    convention = run.summary.get("metric_info", {}).get("fvd_convention") or DEFAULT_CONVENTION
+    if convention not in CONVENTIONS:
+        problems.note(f"run {run.where}: unknown FVD convention {convention!r}: no FVD interval")
+        return None
+    feats = FvdFeatures(ids, np.stack(real), np.stack(fake), weights.pop(), CONVENTIONS[convention].ddof)
+    again = frechet_distance(feats.real, feats.fake, convention)
     if not math.isclose(again, fvd, rel_tol=FVD_MATCH_RTOL, abs_tol=FVD_MATCH_RTOL):
         problems.note(f"run {run.where}: FVD from its features.npz files ({again:.4f}) is not its summary's ({fvd:.4f}); "
                       f"rescore it (`{run.rescore_command()}`): no FVD interval")
@@ -323,9 +331,9 @@ def uncertainty_records(runs: list[ReportRun], columns: dict[str, dict], cfg: Un
                                                                      cfg, seeded(cfg.seed, run.where, name))
         if feats[i] is not None:
             f = feats[i]
-            rec["fvd_lo"], rec["fvd_hi"] = fvd_interval(f.real, f.fake, cfg, seeded(cfg.seed, run.where, FVD_COLUMN))
+            rec["fvd_lo"], rec["fvd_hi"] = fvd_interval(f.real, f.fake, cfg, seeded(cfg.seed, run.where, FVD_COLUMN), f.ddof)
             rec["fvd_floor"], rec["fvd_floor_lo"], rec["fvd_floor_hi"] = fvd_noise_floor(
-                f.real, cfg, seeded(cfg.seed, run.where, "fvd_floor"))
+                f.real, cfg, seeded(cfg.seed, run.where, "fvd_floor"), f.ddof)
         j = refs.get((run.dataset, run.models))
         if j is not None and j != i:
             ref = runs[j]
@@ -345,8 +353,10 @@ def uncertainty_records(runs: list[ReportRun], columns: dict[str, dict], cfg: Un
 def _fvd_against(run: ReportRun, mine: FvdFeatures, ref: ReportRun, theirs: FvdFeatures, cfg: UncertaintyConfig,
                  problems: Problems) -> Paired:
     """FVD's paired test of `run` against the reference run on the videos both have features of (one I3D)."""
-    if mine.weights != theirs.weights or mine.real.shape[1] != theirs.real.shape[1]:
-        problems.note(f"run {run.where}: its FVD features come from other I3D weights than {ref.where}'s: no paired FVD test")
+    if mine.weights != theirs.weights or mine.real.shape[1] != theirs.real.shape[1] or mine.ddof != theirs.ddof:
+        problems.note(f"run {run.where}: its FVD features come from other I3D weights or another FVD convention than "
+                      f"{ref.where}'s: no paired FVD test")
         return NOT_PAIRED
     common = sorted(set(mine.ids) & set(theirs.ids))
-    return fvd_paired(mine.rows(common), theirs.rows(common), cfg, seeded(cfg.seed, run.where, ref.where, FVD_COLUMN))
+    return fvd_paired(mine.rows(common), theirs.rows(common), cfg, seeded(cfg.seed, run.where, ref.where, FVD_COLUMN),
+                      mine.ddof)

@@ -12,7 +12,7 @@ from skimage.metrics import structural_similarity
 from harness.metric import SetMetric
 from metrics.clip import CLIPScores
 from metrics.flow import DISFlow, FlowError
-from metrics.fvd import FVD, frechet_distance
+from metrics.fvd import FVD, frechet_distance_from_stats
 from metrics.regions import FlowTracker, SampleCache, regions_for
 from metrics.ssim import SSIM
 from metrics.tifa import TIFA, load_questions, map_answer, tifa_score
@@ -84,27 +84,30 @@ def test_frechet_distance_closed_form():
     # S2 = c² S1  =>  (S1 S2)^½ = c S1  =>  d = |mu1 - mu2|² + tr(S1) (1 - c)²
     c = 1.7
     want = np.sum((mu1 - mu2) ** 2) + np.trace(s1) * (1 - c) ** 2
-    assert frechet_distance(mu1, s1, mu2, c ** 2 * s1) == pytest.approx(want, rel=1e-8)
+    assert frechet_distance_from_stats(mu1, s1, mu2, c ** 2 * s1) == pytest.approx(want, rel=1e-8)
     # diagonal covariances: sum of squared differences of the standard deviations
     v1, v2 = rng.uniform(0.5, 2, d), rng.uniform(0.5, 2, d)
     want = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(v1) - np.sqrt(v2)) ** 2)
-    assert frechet_distance(mu1, np.diag(v1), mu2, np.diag(v2)) == pytest.approx(want, rel=1e-8)
+    assert frechet_distance_from_stats(mu1, np.diag(v1), mu2, np.diag(v2)) == pytest.approx(want, rel=1e-8)
     # FVD.compute on sampled Gaussian features approaches the closed form
     n = 4000
     real = rng.multivariate_normal(mu1, np.diag(v1), n)
     fake = rng.multivariate_normal(mu2, np.diag(v2), n)
     fvd = FVD(TINY["i3d"])
-    i3d = np.asarray(fvd.net.weights_id)
-    got = fvd.compute([{"real": r, "fake": f, "frames": np.asarray(14), "i3d": i3d} for r, f in zip(real, fake)])
+    made = {"frames": np.asarray(14), "i3d": np.asarray(fvd.net.weights_id), "convention": np.asarray(fvd.convention_name)}
+    got = fvd.compute([{"real": r, "fake": f, **made} for r, f in zip(real, fake)])
     assert got["fvd"] == pytest.approx(want, rel=0.1) and got["fvd_n"] == n
     # identical sets: the square root's round-off must not give a negative distance
-    same = fvd.compute([{"real": r, "fake": r, "frames": np.asarray(14), "i3d": i3d} for r in real[:50]])
+    same = fvd.compute([{"real": r, "fake": r, **made} for r in real[:50]])
     assert 0.0 <= same["fvd"] < 1e-6
-    # features made with other I3D weights (or not recorded) are not mixed into one FVD
-    mixed = [{"real": r, "fake": f, "frames": np.asarray(14), "i3d": i3d} for r, f in zip(real[:50], fake[:50])]
-    mixed[3]["i3d"] = np.asarray("0" * 64)
-    del mixed[4]["i3d"]
-    assert np.isnan(fvd.compute(mixed)["fvd"])
+    # features made with other I3D weights or another convention (or not recorded) are not mixed into one FVD
+    for key, other in (("i3d", "0" * 64), ("convention", "videogpt")):
+        mixed = [{"real": r, "fake": f, **made} for r, f in zip(real[:50], fake[:50])]
+        assert np.isfinite(fvd.compute(mixed)["fvd"])
+        mixed[3][key] = np.asarray(other)
+        assert np.isnan(fvd.compute(mixed)["fvd"])
+        del mixed[3][key]
+        assert np.isnan(fvd.compute(mixed)["fvd"])
 
 
 def test_dis_epe_on_ground_truth_flow(sample_track):
@@ -137,11 +140,15 @@ def test_plus_variants_use_only_their_region(sample, clip_metric, flow_metric):
     in_clip, in_flow = clip_metric.score(sample, inside), flow_metric.score(sample, inside)
     assert out_clip["clip_tgt_plus"] == pytest.approx(base_clip["clip_tgt_plus"], abs=1e-6)
     assert in_clip["clip_src_plus"] == pytest.approx(base_clip["clip_src_plus"], abs=1e-6)
-    assert in_flow["flow_plus"] == pytest.approx(base_flow["flow_plus"], abs=1e-6)
+    # Flow+ (masked_epe) averages full-frame flows outside the region: noise inside moves it less than Flow
+    assert base_flow["flow_plus"] == pytest.approx(0.0, abs=1e-6) and 0 < in_flow["flow_plus"] < in_flow["flow"]
+    # plus_mode=blank_then_flow blanks the region before the flows: what is inside cannot reach Flow+ at all
+    blanked = FlowError(TINY["flow"], TINY["tracker"], size=TINY["flow_size"], plus_mode="blank_then_flow")
+    assert blanked.score(sample, inside)["flow_plus"] == pytest.approx(blanked.score(sample, edited)["flow_plus"], abs=1e-6)
     # the full-frame scores do see those pixels
     assert out_clip["clip_src"] < base_clip["clip_src"] - 1e-4
     assert in_flow["flow"] > base_flow["flow"] + 1e-4
-    assert in_clip["region_cotracker"] == 0.0 and in_clip["region_skipped"] == 0.0
+    assert in_clip["region_cotracker"] == 0.0 and in_clip["region_skipped"] == 0.0 and in_flow["flow_region_skipped"] == 0.0
 
 
 def _trigram_embed(texts):

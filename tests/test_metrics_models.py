@@ -89,7 +89,7 @@ def test_i3d_local_file_with_checksum(tmp_path, fmt):
         torch.testing.assert_close(tiny(x), real(x))
     # the digest used travels with the features and into the run's summary
     fvd = FVD({"tiny": False, "seed": 0, "checkpoint": str(path), "sha256": digest, "width": 0.125})
-    assert fvd.info == {"fvd_i3d": digest} and real.weights_id == digest
+    assert fvd.info == {"fvd_i3d": digest, "fvd_convention": "stylegan_v"} and real.weights_id == digest
     with pytest.raises(MissingWeights, match="sha256"):
         load_i3d(str(path), "0" * 64, width=0.125)
     # unset: refused, with the file's actual sha256 and the setting to put it in
@@ -147,7 +147,7 @@ def test_paper_suite_columns(compose):
     suite = load_suite(compose("metrics=paper", "device=cpu"))
     cols = suite.columns
     paper = {"clip_tgt", "clip_tgt_plus", "tifa", "clip_src", "clip_src_plus", "flow", "flow_plus", "fvd", "ssim", "clip_tc"}
-    bookkeeping = {"region_skipped", "region_cotracker", "fvd_n", "fvd_frames", "gt_psnr", "gt_ssim"}
+    bookkeeping = {"region_skipped", "flow_region_skipped", "region_cotracker", "fvd_n", "fvd_frames", "gt_psnr", "gt_ssim"}
     assert set(cols) == paper | bookkeeping
     paper_groups = {"edit fidelity", "source faithfulness", "temporal consistency"}
     assert {c for c in cols if cols[c].group in paper_groups} == paper
@@ -155,9 +155,9 @@ def test_paper_suite_columns(compose):
     assert {c for c in paper if not cols[c].higher_is_better} == {"flow", "flow_plus", "fvd"}
     assert {cols[c].group for c in paper} == paper_groups
     assert suite.tiny and "fvd" in suite.sets["fvd"].columns
-    assert suite.info["fvd_i3d"] == "random(seed=0,width=0.125)"
+    assert suite.info["fvd_i3d"] == "random(seed=0,width=0.125)" and suite.info["fvd_convention"] == "stylegan_v"
     assert suite.info["tifa_questions"].startswith("sample.json sha256:")  # which questions scored TIFA
-    assert set(suite.info) == {"fvd_i3d", "tifa_questions"}
+    assert set(suite.info) == {"fvd_i3d", "fvd_convention", "tifa_questions"}
 
 
 def test_tifa_without_questions_is_loud(compose, tmp_path):
@@ -192,6 +192,7 @@ def test_dis_selected_in_config_scores_a_sample(compose, sample_track, tmp_path,
         assert metric.estimator.name == "dis" and not metric.tiny
         same = metric.score(s, s.source)
         assert same["flow"] == 0.0 and same["flow_plus"] == 0.0 and same["region_cotracker"] == 0.0
+        assert same["flow_region_skipped"] == 0.0
         static = metric.score(s, np.repeat(s.source[:1], len(s.source), 0))
         assert static["flow"] > 0.5  # the camera pans: a frozen video's flow is far from the source's
 

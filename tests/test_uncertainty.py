@@ -49,7 +49,8 @@ def test_paired_test_finds_a_planted_difference_and_none_between_a_method_and_it
 def test_fast_frechet_distance_is_metrics_fvds(n, d):
     rng = np.random.default_rng(n)
     real, fake = rng.normal(size=(n, d)) + 5, rng.normal(1.0, 1.5, (n, d)) + 5
-    expected = frechet_distance(real.mean(0), np.cov(real, rowvar=False), fake.mean(0), np.cov(fake, rowvar=False))
+    expected = frechet_distance(real, fake, "tf")  # covariances normalised by n - 1
+    assert float(frechet_distances(real, fake, ddof=0)) == pytest.approx(frechet_distance(real, fake, "stylegan_v"), rel=1e-6)
     assert float(frechet_distances(real, fake)) == pytest.approx(expected, rel=1e-6)
     rows = np.arange(n)[None]
     assert float(subset_distances(np.concatenate([real, fake]), rows, rows + n)[0]) == pytest.approx(expected, rel=1e-6)
@@ -85,7 +86,7 @@ def make_run(results: Path, method: str, clip: np.ndarray, real: np.ndarray, fak
         sid = f"v{i:02d}"
         rd.write_row(ScoreRow(sid, "ok", {"clip_tgt": float(c)}, Costs(seconds=1.0)))
         rd.save_features(sid, {"fvd.real": real[i], "fvd.fake": fake[i], "fvd.frames": np.asarray(14), "fvd.i3d": np.asarray("sha")})
-    fvd = frechet_distance(real.mean(0), np.cov(real, rowvar=False), fake.mean(0), np.cov(fake, rowvar=False))
+    fvd = frechet_distance(real, fake)  # the default convention, which the summary below does not name
     rd.write_summary({"tiny": False, "columns": COLUMNS, "scores": {"fvd": fvd, "fvd_n": float(len(clip))}})
 
 
