@@ -22,6 +22,16 @@ OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT), replace=Tru
 log = logging.getLogger("run")
 
 
+def compose(*overrides: str) -> DictConfig:
+    """The config `python run.py` would run with these overrides, for the module command lines (benchmarks,
+    linearity, prompts, TIFA questions) that take `key=value` arguments too."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=list(overrides))
+
+
 def main(cfg: DictConfig, overrides: list[str] = ()) -> dict | None:
     """Run one job of the config; also callable from tests with a composed config."""
     from harness.cache import instantiate_cached

@@ -283,14 +283,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.dataset_dir}: no such folder", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    import run  # noqa: F401  (registers the repo_root resolver)
+    import run
     from harness.runner import resolve_device
 
-    with initialize_config_dir(config_dir=str(Path(run.__file__).resolve().parent / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["models=svd", *overrides])
+    cfg = run.compose("models=svd", *overrides)
     p = OmegaConf.to_container(cfg.prompts, resolve=True)
     if args.captioner:
         p["captioner"] = model_override(args.captioner, p["captioner"])

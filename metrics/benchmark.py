@@ -26,9 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
 
-REPO = Path(__file__).resolve().parents[1]
 
 #: Overrides of models=tiny that give every metric backbone its real architecture (random weights).
 FULL_SIZE = ["models=tiny", "models.clip.model=ViT-L-14", "models.flow.kind=raft", "models.flow.raft.arch=raft_large",
@@ -46,12 +44,11 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--full-size", action="store_true", help="real backbone sizes with random weights")
     args, overrides = ap.parse_known_args(argv)
-    import run  # noqa: F401  (registers the repo_root resolver)
+    import run
     from data.sample_track import SampleTrack, build
     from harness.runner import load_suite, resolve_device
 
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["metrics=paper", *(FULL_SIZE if args.full_size else []), *overrides])
+    cfg = run.compose("metrics=paper", *(FULL_SIZE if args.full_size else []), *overrides)
     cfg.device = resolve_device(cfg.device)
     with tempfile.TemporaryDirectory() as d:
         build(Path(d) / "sample", only=["chelsea_color_ball"])

@@ -266,25 +266,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.dataset_dir}: no such folder", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    import run  # registers the repo_root resolver
+    import run
     from baselines.prompt_models import captioner, rewriter
     from baselines.prompts import model_override
     from harness.runner import resolve_device
     from metrics.tifa_filter import text_qa
 
-    repo = Path(run.__file__).resolve().parent
-    with initialize_config_dir(config_dir=str(repo / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["models=svd", *overrides])
+    cfg = run.compose("models=svd", *overrides)
     q = OmegaConf.to_container(cfg.tifa_questions, resolve=True)
     for key, spec in (("lm", args.lm), ("qa", args.qa)):
         if spec:
             q[key] = model_override(spec, q[key])
     q = OmegaConf.create(q)
     device = resolve_device(cfg.device)
-    out = args.out or repo / "data" / "tifa" / f"{args.dataset_dir.resolve().name}.json"
+    out = args.out or run.REPO_ROOT / "data" / "tifa" / f"{args.dataset_dir.resolve().name}.json"
     try:
         res = generate(args.dataset_dir, out, q, lambda: rewriter(q.lm, device), lambda: text_qa(q.qa, device),
                        lambda: captioner(q.captioner, device), args.force)

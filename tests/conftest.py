@@ -43,3 +43,15 @@ def compose(tmp_path, data_dir):
             )
 
     return _compose
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest single-threaded; two threads on a shared 2-core machine oversubscribe badly.
+    A module opts in with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

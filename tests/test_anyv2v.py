@@ -17,13 +17,7 @@ from baselines import components, ddim, injection, resize
 from harness.results import RunDir
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest single-threaded; two threads on a shared 2-core machine oversubscribe badly."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TINY = OmegaConf.create({"kind": "i2vgen", "repo": "ali-vilab/i2vgen-xl", "tiny": True, "seed": 0})

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from omegaconf import OmegaConf
 
 import run
@@ -23,13 +22,7 @@ TEMPLATE = "Caption: {caption}\nEdit: {instruction}\nNew caption:"
 TINY_BLIP = {"repo": "Salesforce/blip-image-captioning-base", "tiny": True, "seed": 0, "max_new_tokens": 5}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest single-threaded; two threads on a shared 2-core machine oversubscribe badly."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class StubCaptioner:

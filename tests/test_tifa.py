@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from omegaconf import OmegaConf
 
 from baselines.prompt_models import Rewriter, build_tiny_lm
@@ -59,23 +58,14 @@ Choices: yes, no
 A: yes"""
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest single-threaded on a shared small CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cfg(**over):
     """The `tifa_questions` node as conf/ composes it under models=tiny, with `over` applied."""
-    from hydra import compose, initialize_config_dir
+    import run
 
-    import run  # noqa: F401  (registers the repo_root resolver)
-
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["models=tiny"])
+    cfg = run.compose("models=tiny")
     node = OmegaConf.to_container(cfg.tifa_questions, resolve=True)
     node.update(over)
     return OmegaConf.create(node)

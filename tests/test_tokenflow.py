@@ -23,13 +23,7 @@ ATTN = ["up_blocks.1.attentions.1.transformer_blocks.0.attn1", "up_blocks.2.atte
 CONV = "up_blocks.1.resnets.1.conv2"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest single-threaded; two threads on a shared 2-core machine oversubscribe badly."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.slow

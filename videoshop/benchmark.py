@@ -27,12 +27,9 @@ from videoshop.models import SVD_FULL
 
 def compose_config(overrides: list[str]):
     """The harness config for `method=videoshop models=svd` plus `overrides`, as run.py composes it."""
-    from hydra import compose, initialize_config_dir
-
     import run
 
-    with initialize_config_dir(config_dir=str(run.REPO_ROOT / "conf"), version_base="1.3"):
-        return compose("config", overrides=["method=videoshop", "models=svd", *overrides])
+    return run.compose("method=videoshop", "models=svd", *overrides)
 
 
 def measure(overrides: list[str] = (), repeats: int = 2, architecture: dict | None = None) -> dict:

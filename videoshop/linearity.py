@@ -89,12 +89,9 @@ def analyze(cfg) -> dict:
 
 def main(argv: list[str]) -> dict:
     """Compose `method=svd_no_src` plus the command-line overrides, analyze, and print the figures beside the paper's."""
-    from hydra import compose, initialize_config_dir
-
     import run
 
-    with initialize_config_dir(config_dir=str(run.REPO_ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=["method=svd_no_src", *argv])
+    cfg = run.compose("method=svd_no_src", *argv)
     result = analyze(cfg)
     paper = paper_linearity()
     print(f"linearity of {result['models']} on {result['dataset']} ({result['videos']} videos, {result['steps']} steps): "
