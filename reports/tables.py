@@ -22,6 +22,7 @@ from __future__ import annotations
 import html
 import logging
 import math
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -134,6 +135,11 @@ def significance_marks(df: pd.DataFrame, name: str, alpha: float) -> list[str]:
     return [SIGNIFICANT if v < alpha else "" for v in p.fillna(1.0)]
 
 
+def _code_spans(text: str) -> str:
+    """Markdown `code` spans of an escaped text as HTML <code>."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+
+
 def legend(ucfg: UncertaintyConfig) -> str:
     """What the printed intervals, marks and noise floor mean."""
     return (f"Brackets: {ucfg.confidence:.0%} percentile-bootstrap interval over the samples behind the mean "
@@ -216,7 +222,7 @@ def write_report(results_dir: str | Path, report_cfg=None) -> pd.DataFrame:
         write_atomic(results_dir / "table.tex", tex)
         print(md)
         tables_html += [(title, t.to_html(index=False, classes="results", float_format="%.2f", na_rep="NaN", border=0)
-                         + (f'<p class="legend">{html.escape(notes[title])}</p>' if title in notes else ""))
+                         + (f'<p class="legend">{_code_spans(notes[title])}</p>' if title in notes else ""))
                         for title, t in parts]
     layouts = all_layouts(df, cfg)
     write_layouts(results_dir / "paper", layouts)
