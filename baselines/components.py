@@ -139,3 +139,68 @@ def encode_text(m: SimpleNamespace, prompt: str, device: str, clip_skip: int | N
     hidden = m.text_encoder(ids, output_hidden_states=True).hidden_states[-(clip_skip + 1)]
     text_model = getattr(m.text_encoder, "text_model", m.text_encoder)  # transformers 5 dropped the `text_model` level
     return text_model.final_layer_norm(hidden)
+
+
+# --- Stable Diffusion 2 depth (Pix2Video) ------------------------------------------------------------------
+SD2_DEPTH_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler", "depth_estimator", "feature_extractor")
+TINY_DEPTH_SIZE = 32  # the tiny DPT's input side (384 in SD 2 depth's MiDaS DPT-Hybrid)
+
+
+def _build_tiny_sd2_depth(seed: int) -> Path:
+    """A tiny random-weight folder laid out like `stabilityai/stable-diffusion-2-depth`: the SD 2 UNet blocks with
+    5 input channels (latent + depth), VAE, CLIP text encoder, tokenizer, DDIM scheduler, and a small DPT (a plain
+    ViT backbone instead of the real hybrid ViT+BiT) with its image processor."""
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+    from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor
+
+    folder = Path(tempfile.mkdtemp(prefix="tiny-sd2-depth-"))
+    torch.manual_seed(seed)
+    vocab = _tiny_tokenizer(folder / "tokenizer")
+    _tiny_text_encoder(vocab).save_pretrained(folder / "text_encoder")
+    _tiny_vae().save_pretrained(folder / "vae")
+    DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
+                  set_alpha_to_one=False, steps_offset=1).save_pretrained(folder / "scheduler")
+    UNet2DConditionModel(sample_size=8, in_channels=5, block_out_channels=TINY_CHANNELS, layers_per_block=2,
+                         norm_num_groups=4, cross_attention_dim=TINY_CONTEXT, attention_head_dim=2, use_linear_projection=True,
+                         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3).save_pretrained(folder / "unet")
+    dpt = DPTForDepthEstimation(DPTConfig(hidden_size=16, num_hidden_layers=4, num_attention_heads=2, intermediate_size=32,
+                                          image_size=TINY_DEPTH_SIZE, patch_size=8, backbone_out_indices=[0, 1, 2, 3],
+                                          neck_hidden_sizes=[8, 8, 16, 16], fusion_hidden_size=16))
+    last = dpt.head.head[-2]  # the 1×1 conv before the final ReLU: random init leaves the depth ≈ 0 everywhere
+    torch.nn.init.normal_(last.weight, std=1.0)
+    torch.nn.init.constant_(last.bias, 1.0)
+    dpt.save_pretrained(folder / "depth_estimator")
+    DPTImageProcessor(size={"height": TINY_DEPTH_SIZE, "width": TINY_DEPTH_SIZE}, keep_aspect_ratio=False, ensure_multiple_of=1,
+                      image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(folder / "feature_extractor")
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionDepth2ImgPipeline",
+                                                         "_tiny_random_weights": True}))
+    return folder
+
+
+def load_sd2_depth(cfg: Any, device: str, dtype: torch.dtype) -> SimpleNamespace:
+    """SD 2 depth's components (`SD2_DEPTH_PARTS`) for a `models.sd2_depth` config: real weights from the hub cache or
+    `root` at the pinned revision, or the tiny build; torch modules in `dtype` (Pix2Video runs in fp32) on `device`."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer, DPTForDepthEstimation, DPTImageProcessor
+
+    classes = dict(zip(SD2_DEPTH_PARTS, (UNet2DConditionModel, AutoencoderKL, CLIPTextModel, CLIPTokenizer, DDIMScheduler,
+                                         DPTForDepthEstimation, DPTImageProcessor)))
+
+    def factory() -> SimpleNamespace:
+        if cfg.get("tiny", False):
+            folder = cached(cache_key("tiny-folder", "sd2_depth", cfg.seed), lambda: _build_tiny_sd2_depth(int(cfg.seed)))
+        else:
+            folder = local_model_dir(cfg.repo, cfg.get("revision"), cfg.get("root"),
+                                     allow_patterns=["model_index.json", *[f"{s}/*" for s in SD2_DEPTH_PARTS]])
+        parts = {}
+        for sub, cls in classes.items():
+            if issubclass(cls, torch.nn.Module):
+                parts[sub] = cls.from_pretrained(folder, subfolder=sub, torch_dtype=dtype).to(device).eval().requires_grad_(False)
+            else:
+                parts[sub] = cls.from_pretrained(folder, subfolder=sub)
+        revision = None if cfg.get("tiny", False) else snapshot_id(folder)
+        return SimpleNamespace(**parts, folder=folder, weights_revision=revision)
+
+    return cached(cache_key("sd2-depth", cfg, str(dtype), device), factory)
+# --- end Stable Diffusion 2 depth ---------------------------------------------------------------------------

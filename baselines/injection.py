@@ -139,3 +139,57 @@ def install(unet: torch.nn.Module, state: InjectionState, attention: dict[str, l
         unet.set_attn_processor(before)
 
     return restore
+
+
+# --- Cross-frame attention (Pix2Video) -----------------------------------------------------------------------
+@dataclass
+class CrossFrameState:
+    """Attention inputs of other frames, per (step, layer), for `CrossFrameKVProcessor`.
+
+    `step` is the current sampling step, set by the method before each UNet call. Every processor records its
+    input under (step, layer name) in `recorded`; with `sources` set (stores recorded while earlier frames were
+    generated), the queries of the current frame attend to the keys/values of those frames' inputs at the same
+    step and layer, concatenated along tokens; each batch row (CFG branch) takes its own row of the stores.
+    """
+
+    step: int = 0
+    recording: bool = False
+    recorded: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)
+    sources: list[dict[tuple[int, str], torch.Tensor]] = field(default_factory=list)
+
+
+class CrossFrameKVProcessor:
+    """Self-attention with queries from the current frame and keys/values from stored frames (`CrossFrameState`)."""
+
+    def __init__(self, state: CrossFrameState, layer: str):
+        self.state, self.layer = state, layer
+        self.plain = AttnProcessor2_0()
+
+    def __call__(self, attn: Attention, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+        s, key = self.state, (self.state.step, self.layer)
+        if s.recording:
+            s.recorded[key] = hidden_states
+        if not s.sources:
+            return self.plain(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        context = torch.cat([src[key] for src in s.sources], dim=1)  # B×(n·N)×C: [anchor ‖ previous]
+        q, k, v = attention_heads(attn, hidden_states, context)
+        return attention_output(attn, F.scaled_dot_product_attention(q, k, v), hidden_states)
+
+
+def install_cross_frame(unet: torch.nn.Module, state: CrossFrameState, prefix: str = "up_blocks."):
+    """`CrossFrameKVProcessor` on every self-attention whose module path starts with `prefix` (the decoder's).
+
+    Returns `restore()`, which puts the UNet back as it was.
+    """
+    before = dict(unet.attn_processors)
+    procs = dict(before)
+    for name, m in unet.named_modules():
+        if name.startswith(prefix) and isinstance(m, Attention) and not m.is_cross_attention:
+            procs[name + ".processor"] = CrossFrameKVProcessor(state, name)
+    unet.set_attn_processor(procs)
+
+    def restore() -> None:
+        unet.set_attn_processor(before)
+
+    return restore
+# --- end cross-frame attention -------------------------------------------------------------------------------
