@@ -224,4 +224,4 @@ def load_sd15_controlnet_depth(cfg: Any, device: str) -> SimpleNamespace:
             f"sd15={snapshot_id(sd)} controlnet={snapshot_id(cn)} depth={snapshot_id(depth)}")
         return SimpleNamespace(**parts, folder=sd, weights_revision=revision)
 
-    return cached(cache_key("sd15-controlnet-depth", cfg, device), factory)
+    return cached(cache_key("components", "sd15-controlnet-depth", cfg, device), factory)
