@@ -143,7 +143,7 @@ def encode_text(m: SimpleNamespace, prompt: str, device: str, clip_skip: int | N
 
 # --- Stable Diffusion 2 depth (Pix2Video) ------------------------------------------------------------------
 SD2_DEPTH_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler", "depth_estimator", "feature_extractor")
-TINY_DEPTH_SIZE = 32  # the tiny DPT's input side (384 in SD 2 depth's MiDaS DPT-Hybrid)
+TINY_DPT_SIZE = 32  # the tiny DPT's input side (384 in SD 2 depth's MiDaS DPT-Hybrid)
 
 
 def _build_tiny_sd2_depth(seed: int) -> Path:
@@ -165,13 +165,13 @@ def _build_tiny_sd2_depth(seed: int) -> Path:
                          down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
                          up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3).save_pretrained(folder / "unet")
     dpt = DPTForDepthEstimation(DPTConfig(hidden_size=16, num_hidden_layers=4, num_attention_heads=2, intermediate_size=32,
-                                          image_size=TINY_DEPTH_SIZE, patch_size=8, backbone_out_indices=[0, 1, 2, 3],
+                                          image_size=TINY_DPT_SIZE, patch_size=8, backbone_out_indices=[0, 1, 2, 3],
                                           neck_hidden_sizes=[8, 8, 16, 16], fusion_hidden_size=16))
     last = dpt.head.head[-2]  # the 1×1 conv before the final ReLU: random init leaves the depth ≈ 0 everywhere
     torch.nn.init.normal_(last.weight, std=1.0)
     torch.nn.init.constant_(last.bias, 1.0)
     dpt.save_pretrained(folder / "depth_estimator")
-    DPTImageProcessor(size={"height": TINY_DEPTH_SIZE, "width": TINY_DEPTH_SIZE}, keep_aspect_ratio=False, ensure_multiple_of=1,
+    DPTImageProcessor(size={"height": TINY_DPT_SIZE, "width": TINY_DPT_SIZE}, keep_aspect_ratio=False, ensure_multiple_of=1,
                       image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(folder / "feature_extractor")
     (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionDepth2ImgPipeline",
                                                          "_tiny_random_weights": True}))
@@ -202,5 +202,91 @@ def load_sd2_depth(cfg: Any, device: str, dtype: torch.dtype) -> SimpleNamespace
         revision = None if cfg.get("tiny", False) else snapshot_id(folder)
         return SimpleNamespace(**parts, folder=folder, weights_revision=revision)
 
-    return cached(cache_key("sd2-depth", cfg, str(dtype), device), factory)
+    return cached(cache_key("components", "sd2-depth", cfg, str(dtype), device), factory)
 # --- end Stable Diffusion 2 depth ---------------------------------------------------------------------------
+
+
+# --- RAVE: Stable Diffusion 1.5 + ControlNet v1.1 depth + ZoeDepth (baselines/rave.py) ---------------------------
+TINY_ZOE_SIZE = 64  # the tiny ZoeDepth's input side (the real processor's is 384×512)
+
+
+def _build_tiny_sd15_controlnet_depth(seed: int) -> Path:
+    """A tiny random-weight SD 1.5 folder (SD 1.5's UNet layout: no linear projection, 8 heads) with a `controlnet`
+    (ControlNetModel.from_unet of that UNet, RGB condition) and a `depth` ZoeDepth (tiny BEiT backbone) beside it."""
+    from diffusers import ControlNetModel, DDIMScheduler, UNet2DConditionModel
+    from transformers import BeitConfig, ZoeDepthConfig, ZoeDepthForDepthEstimation, ZoeDepthImageProcessor
+
+    folder = Path(tempfile.mkdtemp(prefix="tiny-sd15-controlnet-depth-"))
+    torch.manual_seed(seed)
+    vocab = _tiny_tokenizer(folder / "tokenizer")
+    _tiny_text_encoder(vocab).save_pretrained(folder / "text_encoder")
+    _tiny_vae().save_pretrained(folder / "vae")
+    DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
+                  set_alpha_to_one=False, steps_offset=1).save_pretrained(folder / "scheduler")
+    unet = UNet2DConditionModel(sample_size=8, block_out_channels=TINY_CHANNELS, layers_per_block=2, norm_num_groups=4,
+                                cross_attention_dim=TINY_CONTEXT, attention_head_dim=2,
+                                down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                                up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
+    unet.save_pretrained(folder / "unet")
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(4, 8, 8, 16))
+    with torch.no_grad():  # from_unet zero-initializes the residual outputs: random ones make ControlNet testable
+        for p in controlnet.parameters():
+            if not p.any():
+                p.normal_(std=0.05)
+    controlnet.save_pretrained(folder / "controlnet")
+    backbone = BeitConfig(image_size=TINY_ZOE_SIZE, patch_size=16, hidden_size=32, num_hidden_layers=4,
+                          num_attention_heads=2, intermediate_size=64, use_relative_position_bias=True,
+                          reshape_hidden_states=False, layer_scale_init_value=0.1,
+                          out_features=["stage1", "stage2", "stage3", "stage4"])
+    ZoeDepthForDepthEstimation(ZoeDepthConfig(
+        backbone_config=backbone, patch_size=16, neck_hidden_sizes=[8, 16, 32, 32], fusion_hidden_size=16,
+        reassemble_factors=[4, 2, 1, 0.5], num_relative_features=8, bottleneck_features=16, bin_embedding_dim=16,
+        num_attractors=[4, 4, 4, 4])).save_pretrained(folder / "depth")
+    ZoeDepthImageProcessor(size={"height": TINY_ZOE_SIZE, "width": TINY_ZOE_SIZE},
+                           ensure_multiple_of=16).save_pretrained(folder / "depth")
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionControlNetPipeline",
+                                                         "_tiny_random_weights": True}))
+    return folder
+
+
+def load_sd15_controlnet_depth(cfg: Any, device: str) -> SimpleNamespace:
+    """SD 1.5 (unet, vae, text_encoder, tokenizer, scheduler), its ControlNet (`controlnet`) and a ZoeDepth estimator
+    (`depth`, `depth_processor`) from `cfg` (a `models.<key>` config with `controlnet` and `depth` sub-entries:
+    repo, revision, root). `weights_revision` names the three copies loaded (None for tiny builds)."""
+    from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer, ZoeDepthForDepthEstimation, ZoeDepthImageProcessor
+
+    sd_classes = {"unet": UNet2DConditionModel, "vae": AutoencoderKL, "text_encoder": CLIPTextModel,
+                  "tokenizer": CLIPTokenizer, "scheduler": DDIMScheduler}
+
+    def ready(module: torch.nn.Module) -> torch.nn.Module:
+        return module.to(device).eval().requires_grad_(False)
+
+    def factory() -> SimpleNamespace:
+        dtype = dtype_for(device)
+        if cfg.get("tiny", False):
+            sd = cn = depth = _build_tiny_sd15_controlnet_depth(int(cfg.seed))
+            cn_sub, depth_sub = "controlnet", "depth"
+        else:
+            patterns = ["model_index.json", *[f"{s}/*" for s in sd_classes]]
+            sd = local_model_dir(cfg.repo, cfg.get("revision"), cfg.get("root"), allow_patterns=patterns)
+            cn = local_model_dir(cfg.controlnet.repo, cfg.controlnet.get("revision"), cfg.controlnet.get("root"),
+                                 allow_patterns=["config.json", "diffusion_pytorch_model.safetensors"])
+            depth = local_model_dir(cfg.depth.repo, cfg.depth.get("revision"), cfg.depth.get("root"),
+                                    allow_patterns=["config.json", "preprocessor_config.json", "model.safetensors"])
+            cn_sub = depth_sub = ""
+        parts = {}
+        for sub, cls in sd_classes.items():
+            if issubclass(cls, torch.nn.Module):
+                parts[sub] = ready(cls.from_pretrained(sd, subfolder=sub, torch_dtype=dtype))
+            else:
+                parts[sub] = cls.from_pretrained(sd, subfolder=sub)
+        parts["controlnet"] = ready(ControlNetModel.from_pretrained(cn, subfolder=cn_sub or None, torch_dtype=dtype))
+        # ZoeDepth stays in float32 (its bin/attractor heads are precision-sensitive; it runs once per frame)
+        parts["depth"] = ready(ZoeDepthForDepthEstimation.from_pretrained(depth, subfolder=depth_sub))
+        parts["depth_processor"] = ZoeDepthImageProcessor.from_pretrained(depth, subfolder=depth_sub)
+        revision = None if cfg.get("tiny", False) else (
+            f"sd15={snapshot_id(sd)} controlnet={snapshot_id(cn)} depth={snapshot_id(depth)}")
+        return SimpleNamespace(**parts, folder=sd, weights_revision=revision)
+
+    return cached(cache_key("components", "sd15-controlnet-depth", cfg, device), factory)
