@@ -33,6 +33,7 @@ from harness.types import EditedVideo, EditSample
 
 ANCHOR = 0  # the frame every later frame attends to (the code's keyframe_index, forward order)
 DECODER = "up_blocks."  # the code's COND_LAYER = 7: its transformer layers 7–15 are the UNet's up blocks
+FLAT_DEPTH_RANGE = 1e-6  # the smallest depth range min–max scaling divides by (a flat map has none)
 # The code's own DDIM scheduler (`test_cfg.py`), passed to the pipeline in place of the hub's: diffusers 0.10.2's
 # default steps_offset 0 gives timesteps 980, 960, …, 0 (the hub config's offset 1 would give 981, …, 1).
 SCHEDULER = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
@@ -79,7 +80,8 @@ class Pix2Video(EditMethod):
         depth = self.m.depth_estimator(pixels).predicted_depth.unsqueeze(1).float()
         depth = F.interpolate(depth, size=(frames.shape[-2] // 8, frames.shape[-1] // 8), mode="bilinear", align_corners=False)
         lo, hi = depth.amin(dim=(1, 2, 3), keepdim=True), depth.amax(dim=(1, 2, 3), keepdim=True)
-        return (2 * (depth - lo) / (hi - lo) - 1).to(self.dtype)
+        # a flat map (no depth cue) would divide by zero in the public code; here it becomes -1 everywhere
+        return (2 * (depth - lo) / (hi - lo).clamp_min(FLAT_DEPTH_RANGE) - 1).to(self.dtype)
 
     def invert(self, x0: torch.Tensor, depth: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
         """x_T of every frame: DDIM inversion with the source prompt, guidance 1 (one conditional call per step),

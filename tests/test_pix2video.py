@@ -3,6 +3,7 @@ hand, the reduction to independent per-frame editing, inversion round trip, and 
 from __future__ import annotations
 
 import dataclasses
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -229,3 +230,17 @@ def test_config_holds_the_public_defaults(compose):
     assert cfg.backbone.repo == "stabilityai/stable-diffusion-2-depth" and len(cfg.backbone.revision) == 40
     assert "overrides" not in cfg.backbone
     assert pix2video.SCHEDULER["steps_offset"] == 0 and not pix2video.SCHEDULER["set_alpha_to_one"]
+
+
+def test_a_flat_depth_map_scales_to_minus_one_not_nan(monkeypatch):
+    """A depth estimator that sees no depth cue returns a constant map; min–max scaling must not divide by zero."""
+    method = _method()
+    frames = torch.zeros(2, 3, 64, 64)
+
+    class Flat(torch.nn.Module):
+        def forward(self, pixel_values):
+            return SimpleNamespace(predicted_depth=torch.ones(len(pixel_values), 16, 16))
+
+    monkeypatch.setattr(method.m, "depth_estimator", Flat())
+    depth = method.depth(frames)
+    assert torch.isfinite(depth).all() and (depth == -1).all()
