@@ -126,3 +126,16 @@ def test_summarize_recomputes_a_deleted_or_stale_summary(data_dir, reference):
     assert _comparable(_summary(reference)) == _comparable(written)
     assert {p: p.read_bytes() for p in rows} == rows  # rows, features, videos and run.json untouched
     assert sorted(p for p in reference.root.rglob("*") if p.is_file() and p.name != "summary.json") == sorted(rows)
+
+
+@needs_submitit
+@needs_ray
+def test_launcher_presets_ask_for_one_gpu_per_job_and_requeue():
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        slurm = hydra_compose(config_name="config", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
+        ray = hydra_compose(config_name="config", overrides=["hydra/launcher=ray_cluster"], return_hydra_config=True)
+    launcher = slurm.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher") and launcher.gpus_per_node == launcher.tasks_per_node == 1
+    assert launcher.max_num_timeout > 0 and launcher.additional_parameters.requeue is True
+    assert "export HF_HUB_OFFLINE=1" in launcher.setup
+    assert ray.hydra.launcher._target_.endswith("RayLauncher") and ray.hydra.launcher.ray.remote.num_gpus == 1
