@@ -358,7 +358,12 @@ def summarize_runs(results_dir: str | Path, device: str) -> dict[str, dict[str, 
     if not runs:
         log.warning("stage=summarize: no run folder (*/*/*/run.json) under %s", results_dir)
     for run_dir in runs:
-        info = run_dir.info()
+        try:
+            info = run_dir.info()
+        except (OSError, ValueError) as e:
+            log.error("%s/run.json cannot be read (%s: %s); its summary is left as it is", run_dir.root,
+                      type(e).__name__, e)
+            continue
         rcfg = OmegaConf.create(info["config"])
         suite_key = suite_id(rcfg)
         suite = load_suite(OmegaConf.create({"metrics": _on_device(OmegaConf.to_container(rcfg.metrics), device)}))

@@ -117,8 +117,11 @@ def test_summarize_recomputes_a_deleted_or_stale_summary(data_dir, reference):
     written = _summary(reference)
     rows = {p: p.read_bytes() for p in reference.root.rglob("*") if p.is_file() and p.name != "summary.json"}
     (reference.root / "summary.json").unlink()
+    damaged = reference.root.parents[2] / "other" / "tiny" / "x"
+    damaged.mkdir(parents=True)
+    (damaged / "run.json").write_text("{not json")  # logged and left alone; the other runs are summarized
     out = run.main(_compose(reference.root.parents[2], data_dir, "stage=summarize"))
-    assert list(out) == [str(reference.root)]
+    assert list(out) == [str(reference.root)] and not (damaged / "summary.json").exists()
     assert _comparable(_summary(reference)) == _comparable(written)
 
     (reference.root / "summary.json").write_text(json.dumps({**written, "n": 1, "scores": {}}))  # stale
