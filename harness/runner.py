@@ -364,9 +364,9 @@ def summarize_runs(results_dir: str | Path, device: str) -> dict[str, dict[str, 
             log.error("%s/run.json cannot be read (%s: %s); its summary is left as it is", run_dir.root,
                       type(e).__name__, e)
             continue
-        rcfg = OmegaConf.create(info["config"])
-        suite_key = suite_id(rcfg)
-        suite = load_suite(OmegaConf.create({"metrics": _on_device(OmegaConf.to_container(rcfg.metrics), device)}))
+        metrics = info["config"].get("metrics") or {}
+        suite_key = suite_id(OmegaConf.create({"metrics": metrics}))
+        suite = load_suite(OmegaConf.create({"metrics": _on_device(metrics, device)}))
         try:
             old = json.loads((run_dir.root / "summary.json").read_text())
         except (OSError, ValueError):

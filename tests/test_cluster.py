@@ -25,10 +25,17 @@ CONFIG = ("method=identity", "method._target_=tests.cluster_fakes.Dying", "tag=s
 SHARDS = ("dataset.num_shards=2", "dataset.shard=range(2)")
 JOB_FIELDS = {"finished", "skipped", "seconds_per_edit", "peak_mem_mb"}  # timings and the writing job's own counts
 
-needs_submitit = pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None,
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
+
+
+needs_submitit = pytest.mark.skipif(not _installed("hydra_plugins.hydra_submitit_launcher"),
                                     reason='hydra-submitit-launcher is not installed (pip install -e ".[cluster]")')
-needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None
-                               or importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is None,
+needs_ray = pytest.mark.skipif(not (_installed("ray") and _installed("hydra_plugins.hydra_ray_launcher")),
                                reason='ray / hydra-ray-launcher are not installed (pip install -e ".[cluster]")')
 
 
@@ -75,6 +82,7 @@ def reference(tmp_path_factory, data_dir) -> RunDir:
 
 
 @needs_submitit
+@pytest.mark.slow
 def test_submitit_local_shards_equal_a_single_process_run(tmp_path, data_dir, reference):
     results = tmp_path / "results"
     done = _sweep(tmp_path, data_dir, results, "hydra/launcher=submitit_local", *SHARDS)
@@ -85,6 +93,7 @@ def test_submitit_local_shards_equal_a_single_process_run(tmp_path, data_dir, re
 
 
 @needs_ray
+@pytest.mark.slow
 def test_ray_shards_equal_a_single_process_run(tmp_path, data_dir, reference):
     results = tmp_path / "results"
     done = _sweep(tmp_path, data_dir, results, "hydra/launcher=ray", "+hydra.launcher.ray.init.num_cpus=2",
@@ -95,6 +104,7 @@ def test_ray_shards_equal_a_single_process_run(tmp_path, data_dir, reference):
 
 
 @needs_submitit
+@pytest.mark.slow
 def test_a_killed_shard_is_finished_by_the_rerun_and_nothing_else_is_edited(tmp_path, data_dir, reference):
     results, log = tmp_path / "results", tmp_path / "edits.log"
     env = {"VSB_TEST_EDIT_LOG": str(log)}
