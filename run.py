@@ -4,6 +4,7 @@
     python run.py -m method=identity,static,oracle         a sweep, in one process (models loaded once)
     python run.py -m experiment=table5                     a preset sweep
     python run.py stage=score method=...                   re-score saved edits with the current metrics
+    python run.py stage=summarize                          every run's summary over all its rows (the reduce)
     python run.py stage=report                             tables from everything under results_dir
     python run.py stage=build dataset=magicbrush           prepare a dataset into data_dir
 """
@@ -44,6 +45,10 @@ def main(cfg: DictConfig, overrides: list[str] = ()) -> dict | None:
         torch.set_num_threads(int(cfg.threads))
     if cfg.stage in ("edit", "score"):
         return run(cfg, overrides)
+    if cfg.stage == "summarize":
+        from harness.runner import summarize_runs
+
+        return summarize_runs(cfg.results_dir, cfg.device)
     if cfg.stage == "report":
         from reports.tables import write_report
 
@@ -59,7 +64,7 @@ def main(cfg: DictConfig, overrides: list[str] = ()) -> dict | None:
             raise BuildFailed(f"dataset {cfg.dataset.name}: every one of its {summary['n_failed']} samples failed "
                               "to build (each error is logged above)")
         return summary
-    raise ValueError(f"stage must be edit, score, report or build; got {cfg.stage!r}")
+    raise ValueError(f"stage must be edit, score, summarize, report or build; got {cfg.stage!r}")
 
 
 class BuildFailed(RuntimeError):

@@ -29,7 +29,7 @@ from harness.method import EditMethod, NonFiniteEdit
 from harness.metric import Column, SetMetric, VideoMetric
 from harness.files import clean_stale_temps
 from harness.names import MAX_LEN, UnsafeName, check_name
-from harness.results import DamagedRow, RunDir
+from harness.results import DamagedRow, RunDir, find_runs
 from harness.types import Costs, EditedVideo, EditSample, ScoreRow
 
 log = logging.getLogger("harness")
@@ -312,20 +312,9 @@ def run(cfg: DictConfig, overrides: list[str] = ()) -> dict[str, Any]:
         bar.close()
         raise Interrupted(sum(r.status in ("ok", "nan") for r in run_dir.rows())) from None
 
-    with run_dir.lock():  # the summary covers every finished row of the run, whoever finished it
-        scan = run_dir.scan()
-        rows = {r.sample_id: r for r in scan.rows}
-        ok_ids = [sid for sid, r in rows.items() if r.status == "ok"]
-        set_scores = _set_scores(suite, run_dir, ok_ids) if ok_ids else {}
-        if any(r.status == "nan" for r in rows.values()):  # a set-level score over part of the set would mislead
-            set_scores = {c: math.nan for c in _set_columns(suite)}
-        summary = summarize(rows.values(), set_scores, suite, label, str(dataset.name), str(cfg.models.name),
-                            _edit_is_tiny(cfg, method))
-        summary.update({"finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                        "skipped": counts["skipped"], "suite": suite_key,
-                        "damaged": {str(p.relative_to(run_dir.root)): why for p, why in scan.damaged.items()},
-                        "unsafe_ids": {**getattr(dataset, "unlisted", {}), **job.unsafe}})
-        run_dir.write_summary(summary)
+    summary = write_summary(run_dir, suite, suite_key, label, str(dataset.name), str(cfg.models.name),
+                            _edit_is_tiny(cfg, method), counts["skipped"],
+                            {**getattr(dataset, "unlisted", {}), **job.unsafe})
     if len(summary["suites"]) > 1:
         log.warning("%s: its samples were scored by %d different metric suites (%s); `stage=score` with this "
                     "config rescores them all with the current one", run_dir.root, len(summary["suites"]),
@@ -333,6 +322,74 @@ def run(cfg: DictConfig, overrides: list[str] = ()) -> dict[str, Any]:
     log.info("%s on %s: %d ok, %d NaN, %d failed, %d already done -> %s", label, dataset.name,
              counts["ok"], counts["nan"], counts["failed"], counts["skipped"], run_dir.root)
     return summary
+
+
+def write_summary(run_dir: RunDir, suite: Suite, suite_key: str, label: str, dataset: str, models: str,
+                  tiny_models: bool, skipped: int, unsafe_ids: dict[str, str]) -> dict[str, Any]:
+    """Write the run's summary.json, under the run's lock, over every finished row and saved features of the run,
+    whoever finished them; `skipped` and `unsafe_ids` describe the job that writes it."""
+    with run_dir.lock():
+        scan = run_dir.scan()
+        rows = {r.sample_id: r for r in scan.rows}
+        ok_ids = [sid for sid, r in rows.items() if r.status == "ok"]
+        set_scores = _set_scores(suite, run_dir, ok_ids) if ok_ids else {}
+        if any(r.status == "nan" for r in rows.values()):  # a set-level score over part of the set would mislead
+            set_scores = {c: math.nan for c in _set_columns(suite)}
+        summary = summarize(rows.values(), set_scores, suite, label, dataset, models, tiny_models)
+        summary.update({"finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                        "skipped": skipped, "suite": suite_key,
+                        "damaged": {str(p.relative_to(run_dir.root)): why for p, why in scan.damaged.items()},
+                        "unsafe_ids": unsafe_ids})
+        run_dir.write_summary(summary)
+    return summary
+
+
+def summarize_runs(results_dir: str | Path, device: str) -> dict[str, dict[str, Any]]:
+    """`stage=summarize`, the reduce step: rewrite the summary of every run folder under `results_dir` over all its
+    rows and saved features, editing and scoring nothing; returns {run folder: summary}.
+
+    Each run is summarized with the metric suite recorded in its run.json (the config of its latest `stage=edit`),
+    so one command serves runs made with different suites; rows scored by another suite are logged. The suite's
+    models are loaded (once per suite) on `device`, whatever device the run had. `skipped` and `unsafe_ids` (what
+    the last job found) are kept from the summary being replaced.
+    """
+    out = {}
+    runs = find_runs(results_dir)
+    if not runs:
+        log.warning("stage=summarize: no run folder (*/*/*/run.json) under %s", results_dir)
+    for run_dir in runs:
+        try:
+            info = run_dir.info()
+        except (OSError, ValueError) as e:
+            log.error("%s/run.json cannot be read (%s: %s); its summary is left as it is", run_dir.root,
+                      type(e).__name__, e)
+            continue
+        metrics = info["config"].get("metrics") or {}
+        suite_key = suite_id(OmegaConf.create({"metrics": metrics}))
+        suite = load_suite(OmegaConf.create({"metrics": _on_device(metrics, device)}))
+        try:
+            old = json.loads((run_dir.root / "summary.json").read_text())
+        except (OSError, ValueError):
+            old = {}
+        old = old if isinstance(old, dict) else {}
+        summary = write_summary(run_dir, suite, suite_key, str(info["method"]), str(info["dataset"]),
+                                str(info["models"]), bool(info.get("tiny_models")), old.get("skipped", 0),
+                                old.get("unsafe_ids", {}))
+        others = {k: n for k, n in summary["suites"].items() if k != suite_key}
+        if others:
+            log.warning("%s: %d rows were scored by other metric suites than run.json's (%s); its summary uses "
+                        "run.json's", run_dir.root, sum(others.values()), suite_key)
+        log.info("summarized %s: %d ok, %d NaN, %d failed", run_dir.root, summary["n_ok"], summary["n_nan"],
+                 summary["n_failed"])
+        out[str(run_dir.root)] = summary
+    return out
+
+
+def _on_device(node: Any, device: str) -> Any:
+    """A plain config with every `device` key set to `device`."""
+    if isinstance(node, dict):
+        return {k: device if k == "device" else _on_device(v, device) for k, v in node.items()}
+    return [_on_device(v, device) for v in node] if isinstance(node, list) else node
 
 
 def _where(dataset) -> str:
