@@ -145,5 +145,8 @@ def read_runs(results_dir: str | Path) -> tuple[list[ReportRun], Problems]:
             summary = {}
         scan = RunDir(root).scan()
         problems.files.update({path: f"damaged row skipped ({why})" for path, why in scan.damaged.items()})  # scan logged each
+        if isinstance(summary.get("n"), int) and summary["n"] != len(scan.rows):  # shards still running, or one cancelled
+            problems.file(root / "summary.json", f"covers {summary.get('n')} of the run's {len(scan.rows)} rows: its "
+                          "set-level metrics (FVD) are stale; `python run.py stage=summarize` recomputes it")
         runs.append(ReportRun(RunDir(root), info, summary, scan.rows, scan.damaged))
     return runs, problems

@@ -324,3 +324,21 @@ def test_a_sample_view_that_raises_is_shown_with_its_error(tmp_path, caplog, mon
     page = html.unescape(check_report(w, [FULL_ALPHA, FULL_BETA], caplog))
     assert "folder / b" in page and "cannot be shown: RuntimeError: boom while drawing b" in page
     assert page.count('class="sample"') == 3 and "boom while drawing b" in caplog.text
+
+
+def test_a_summary_that_misses_finished_rows_is_flagged(tmp_path):
+    """A shard that finished after the last summary was written: the report says the set metrics are stale."""
+    from harness.results import RunDir
+    from harness.types import Costs, ScoreRow
+    from reports.runs import read_runs
+
+    rd = RunDir(tmp_path / "sample" / "tiny" / "identity")
+    rd.claim({"dataset": "sample", "method": "identity", "method_name": "identity", "models": "tiny",
+              "fingerprint": "x", "fingerprint_config": {}, "config": {}})
+    for sid in ("a", "b", "c"):
+        rd.write_row(ScoreRow(sid, "ok", {"ssim": 0.5}, Costs(seconds=1.0)))
+    rd.write_summary({"n": 2, "tiny": True, "columns": {}, "scores": {"fvd": 10.0}})
+    runs, problems = read_runs(tmp_path)
+    assert len(runs) == 1 and "covers 2 of the run's 3 rows" in problems.files[rd.root / "summary.json"]
+    rd.write_summary({"n": 3, "tiny": True, "columns": {}, "scores": {"fvd": 10.0}})
+    assert not read_runs(tmp_path)[1].files
