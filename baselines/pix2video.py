@@ -33,7 +33,7 @@ from harness.types import EditedVideo, EditSample
 
 ANCHOR = 0  # the frame every later frame attends to (the code's keyframe_index, forward order)
 DECODER = "up_blocks."  # the code's COND_LAYER = 7: its transformer layers 7–15 are the UNet's up blocks
-FLAT_DEPTH_RANGE = 1e-6  # the smallest depth range min–max scaling divides by (a flat map has none)
+FLAT_DEPTH_RANGE = torch.finfo(torch.float32).tiny  # floors the range min–max scaling divides by (a flat map has none)
 # The code's own DDIM scheduler (`test_cfg.py`), passed to the pipeline in place of the hub's: diffusers 0.10.2's
 # default steps_offset 0 gives timesteps 980, 960, …, 0 (the hub config's offset 1 would give 981, …, 1).
 SCHEDULER = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
