@@ -79,8 +79,7 @@ class AnyV2V(EditMethod):
 
     def _encode(self, frames: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """VAE latents of T×3×H×W frames as 1×4×T×h×w, scaled."""
-        lat = torch.cat([self.m.vae.encode(frames[i:i + self.decode_chunk]).latent_dist.sample(generator)
-                         for i in range(0, len(frames), self.decode_chunk)])
+        lat = components.encode_latents(self.m.vae, frames, self.decode_chunk, lambda dist: dist.sample(generator))
         return (lat * self.m.vae.config.scaling_factor).permute(1, 0, 2, 3).unsqueeze(0).contiguous()
 
     def _image_latents(self, image: torch.Tensor, num_frames: int, generator: torch.Generator) -> torch.Tensor:
@@ -91,7 +90,7 @@ class AnyV2V(EditMethod):
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         lat = latents[0].permute(1, 0, 2, 3) / self.m.vae.config.scaling_factor
-        return torch.cat([self.m.vae.decode(lat[i:i + self.decode_chunk]).sample for i in range(0, len(lat), self.decode_chunk)])
+        return components.decode_latents(self.m.vae, lat, self.decode_chunk)
 
     # --- the edit -------------------------------------------------------------------------------------
     def prepare(self) -> None:

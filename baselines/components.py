@@ -57,17 +57,35 @@ def _tiny_vae():
                          layers_per_block=2, norm_num_groups=4, sample_size=64)
 
 
-def _build_tiny(kind: str, seed: int) -> Path:
-    """Write a tiny random-weight model folder laid out like the hub repo of `kind` (`i2vgen` or `sd21`)."""
-    from diffusers import DDIMScheduler, I2VGenXLUNet, UNet2DConditionModel
+def _tiny_sd_base(folder: Path) -> None:
+    """The parts every tiny Stable Diffusion folder shares: tokenizer, CLIP text encoder, VAE, DDIM scheduler."""
+    from diffusers import DDIMScheduler
 
-    folder = Path(tempfile.mkdtemp(prefix=f"tiny-{kind}-"))
-    torch.manual_seed(seed)
     vocab = _tiny_tokenizer(folder / "tokenizer")
     _tiny_text_encoder(vocab).save_pretrained(folder / "text_encoder")
     _tiny_vae().save_pretrained(folder / "vae")
     DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
                   set_alpha_to_one=False, steps_offset=1).save_pretrained(folder / "scheduler")
+
+
+def encode_latents(vae, frames: torch.Tensor, chunk: int, pick=lambda dist: dist.mode()) -> torch.Tensor:
+    """VAE latents (unscaled) of N×3×H×W frames, `chunk` frames per call; `pick` takes the latent of the
+    posterior (its mode by default; `.mean`, or `.sample(generator)` where a method's code samples)."""
+    return torch.cat([pick(vae.encode(frames[i:i + chunk]).latent_dist) for i in range(0, len(frames), chunk)])
+
+
+def decode_latents(vae, latents: torch.Tensor, chunk: int) -> torch.Tensor:
+    """VAE decodes of N×4×h×w (unscaled) latents, `chunk` per call."""
+    return torch.cat([vae.decode(latents[i:i + chunk]).sample for i in range(0, len(latents), chunk)])
+
+
+def _build_tiny(kind: str, seed: int) -> Path:
+    """Write a tiny random-weight model folder laid out like the hub repo of `kind` (`i2vgen` or `sd21`)."""
+    from diffusers import I2VGenXLUNet, UNet2DConditionModel
+
+    folder = Path(tempfile.mkdtemp(prefix=f"tiny-{kind}-"))
+    torch.manual_seed(seed)
+    _tiny_sd_base(folder)
     if kind == "i2vgen":
         from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
@@ -150,16 +168,12 @@ def _build_tiny_sd2_depth(seed: int) -> Path:
     """A tiny random-weight folder laid out like `stabilityai/stable-diffusion-2-depth`: the SD 2 UNet blocks with
     5 input channels (latent + depth), VAE, CLIP text encoder, tokenizer, DDIM scheduler, and a small DPT (a plain
     ViT backbone instead of the real hybrid ViT+BiT) with its image processor."""
-    from diffusers import DDIMScheduler, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
     from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor
 
     folder = Path(tempfile.mkdtemp(prefix="tiny-sd2-depth-"))
     torch.manual_seed(seed)
-    vocab = _tiny_tokenizer(folder / "tokenizer")
-    _tiny_text_encoder(vocab).save_pretrained(folder / "text_encoder")
-    _tiny_vae().save_pretrained(folder / "vae")
-    DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
-                  set_alpha_to_one=False, steps_offset=1).save_pretrained(folder / "scheduler")
+    _tiny_sd_base(folder)
     UNet2DConditionModel(sample_size=8, in_channels=5, block_out_channels=TINY_CHANNELS, layers_per_block=2,
                          norm_num_groups=4, cross_attention_dim=TINY_CONTEXT, attention_head_dim=2, use_linear_projection=True,
                          down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
@@ -213,16 +227,12 @@ TINY_ZOE_SIZE = 64  # the tiny ZoeDepth's input side (the real processor's is 38
 def _build_tiny_sd15_controlnet_depth(seed: int) -> Path:
     """A tiny random-weight SD 1.5 folder (SD 1.5's UNet layout: no linear projection, 8 heads) with a `controlnet`
     (ControlNetModel.from_unet of that UNet, RGB condition) and a `depth` ZoeDepth (tiny BEiT backbone) beside it."""
-    from diffusers import ControlNetModel, DDIMScheduler, UNet2DConditionModel
+    from diffusers import ControlNetModel, UNet2DConditionModel
     from transformers import BeitConfig, ZoeDepthConfig, ZoeDepthForDepthEstimation, ZoeDepthImageProcessor
 
     folder = Path(tempfile.mkdtemp(prefix="tiny-sd15-controlnet-depth-"))
     torch.manual_seed(seed)
-    vocab = _tiny_tokenizer(folder / "tokenizer")
-    _tiny_text_encoder(vocab).save_pretrained(folder / "text_encoder")
-    _tiny_vae().save_pretrained(folder / "vae")
-    DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
-                  set_alpha_to_one=False, steps_offset=1).save_pretrained(folder / "scheduler")
+    _tiny_sd_base(folder)
     unet = UNet2DConditionModel(sample_size=8, block_out_channels=TINY_CHANNELS, layers_per_block=2, norm_num_groups=4,
                                 cross_attention_dim=TINY_CONTEXT, attention_head_dim=2,
                                 down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),

@@ -136,13 +136,12 @@ class Pix2Video(EditMethod):
     def edit(self, sample: EditSample, seed: int) -> EditedVideo:
         phases = Phases(self.device)
         prompts = prompts_for(sample, self.prompts_cfg, self.device)
-        T, vae = sample.num_frames, self.m.vae
+        vae = self.m.vae
         height, width = resize.working_size(sample.size, self.sizes, self.keep_aspect, self.size_multiple)
         frames = resize.to_working(sample.source, height, width, self.device, self.dtype)
         depth = self.depth(frames)
         phases.lap("depth")
-        x0 = torch.cat([vae.encode(frames[i:i + self.decode_chunk]).latent_dist.mean
-                        for i in range(0, T, self.decode_chunk)]) * vae.config.scaling_factor
+        x0 = components.encode_latents(vae, frames, self.decode_chunk, lambda dist: dist.mean) * vae.config.scaling_factor
         phases.lap("encode")
         source, negative, target = self._text(prompts.source), self._text(self.negative_prompt), self._text(prompts.target)
         phases.lap("condition")
@@ -157,7 +156,7 @@ class Pix2Video(EditMethod):
             raise
         phases.lap("generate")
         lat = x / vae.config.scaling_factor
-        video = torch.cat([vae.decode(lat[i:i + self.decode_chunk]).sample for i in range(0, T, self.decode_chunk)])
+        video = components.decode_latents(vae, lat, self.decode_chunk)
         out = resize.to_benchmark(video, *sample.size)
         phases.lap("decode")
         return EditedVideo(out, nfe=nfe_inv + nfe, info={"phases": phases.report(),

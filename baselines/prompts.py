@@ -23,7 +23,6 @@ two prompts, e.g. FateZero's blend words) travel with the prompts.
 """
 from __future__ import annotations
 
-import argparse
 import difflib
 import json
 import logging
@@ -38,6 +37,7 @@ import numpy as np
 
 from baselines.prompt_models import captioner, describe, rewriter
 from data.folder import SAMPLE_DIR_KEY
+from harness import cli
 from harness.types import EditSample, SampleError
 
 log = logging.getLogger("prompts")
@@ -271,24 +271,20 @@ def model_override(spec: str, base: Any) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog=COMMAND, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("dataset_dir", type=Path, help="a dataset in the common layout (DIR/<sample id>/...)")
+    ap = cli.dataset_parser(COMMAND, __doc__)
     ap.add_argument("--captioner", metavar="MODEL", help="image captioner: a local folder or hub id[@revision] "
                     "(default: prompts.captioner)")
     ap.add_argument("--rewriter", metavar="MODEL", help="instruction-following causal LM: a local folder or hub "
                     "id[@revision] (default: prompts.rewriter)")
     ap.add_argument("--force", action="store_true", help="rewrite samples that already have a prompts.json")
     args, overrides = ap.parse_known_args(argv)
-    if not args.dataset_dir.is_dir():
-        print(f"{args.dataset_dir}: no such folder", file=sys.stderr)
-        return 2
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cfg = cli.start(args.dataset_dir, overrides)
+    if cfg is None:
+        return cli.NO_FOLDER
     from omegaconf import OmegaConf
 
-    import run
     from harness.runner import resolve_device
 
-    cfg = run.compose("models=svd", *overrides)
     p = OmegaConf.to_container(cfg.prompts, resolve=True)
     if args.captioner:
         p["captioner"] = model_override(args.captioner, p["captioner"])

@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -160,8 +159,7 @@ class RAVE(EditMethod):
 
         # 2. VAE-encode grids of consecutive frames, one grid per call as RAVE does
         grids = tile(frames, in_order, g)
-        x0 = untile(torch.cat([vae.encode(grids[i:i + 1]).latent_dist.mode() for i in range(len(grids))]),
-                    in_order, g) * vae.config.scaling_factor
+        x0 = untile(components.encode_latents(vae, grids, 1), in_order, g) * vae.config.scaling_factor
         phases.lap("encode")
         inv_text, negative, target = self._text(self.inversion_prompt), self._text(self.negative_prompt), self._text(prompts.target)
         phases.lap("condition")
@@ -208,7 +206,7 @@ class RAVE(EditMethod):
 
         # 5. decode the last step's grids, un-tile, drop the padding frames
         lat = tile(x, order, g) / vae.config.scaling_factor
-        video = untile(torch.cat([vae.decode(lat[i:i + 1]).sample for i in range(len(lat))]), order, g)[:T]
+        video = untile(components.decode_latents(vae, lat, 1), order, g)[:T]
         out_frames = resize.to_benchmark(video, *sample.size)
         phases.lap("decode")
         return EditedVideo(out_frames, nfe=nfe_inv + nfe, info={

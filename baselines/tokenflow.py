@@ -229,8 +229,7 @@ class TokenFlow(EditMethod):
         unet, scheduler, vae = self.m.unet, self.m.scheduler, self.m.vae
         height, width = resize.working_size(sample.size, self.sizes, self.keep_aspect, self.size_multiple)
         frames = resize.to_working(sample.source, height, width, self.device, self.dtype)
-        x0 = torch.cat([vae.encode(frames[i:i + self.decode_chunk]).latent_dist.mode()
-                        for i in range(0, T, self.decode_chunk)]).contiguous() * vae.config.scaling_factor
+        x0 = components.encode_latents(vae, frames, self.decode_chunk).contiguous() * vae.config.scaling_factor
         phases.lap("encode")
         empty, negative, target = self._text(""), self._text(self.negative_prompt), self._text(prompts.target)
         phases.lap("condition")
@@ -273,7 +272,7 @@ class TokenFlow(EditMethod):
             restore()
         phases.lap("generate")
         lat = x / vae.config.scaling_factor
-        video = torch.cat([vae.decode(lat[i:i + self.decode_chunk]).sample for i in range(0, T, self.decode_chunk)])
+        video = components.decode_latents(vae, lat, self.decode_chunk)
         frames = resize.to_benchmark(video, *sample.size)
         phases.lap("decode")
         return EditedVideo(frames, nfe=nfe_inv + nfe, info={"phases": phases.report(),

@@ -20,7 +20,6 @@ from, the LM's raw output, the pairs dropped and why, or the error), `settings`,
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import re
@@ -29,6 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Generic, TypeVar
 
+from harness import cli
 from metrics.tifa_filter import filter_questions
 
 log = logging.getLogger("tifa_questions")
@@ -253,8 +253,7 @@ def generate(root: Path, out: Path, cfg: Any, lm: Callable[[], Any], qa: Callabl
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog=COMMAND, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("dataset_dir", type=Path, help="a dataset in the common layout (DIR/<sample id>/...)")
+    ap = cli.dataset_parser(COMMAND, __doc__)
     ap.add_argument("out", type=Path, nargs="?", help="the questions file (default: data/tifa/<DATASET_DIR name>.json)")
     ap.add_argument("--lm", metavar="MODEL", help="question-writing causal LM: a local folder or hub id[@revision] "
                     "(default: tifa_questions.lm)")
@@ -262,10 +261,9 @@ def main(argv: list[str] | None = None) -> int:
                     "(default: tifa_questions.qa)")
     ap.add_argument("--force", action="store_true", help="start the questions file over")
     args, overrides = ap.parse_known_args(argv)
-    if not args.dataset_dir.is_dir():
-        print(f"{args.dataset_dir}: no such folder", file=sys.stderr)
-        return 2
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cfg = cli.start(args.dataset_dir, overrides)
+    if cfg is None:
+        return cli.NO_FOLDER
     from omegaconf import OmegaConf
 
     import run
@@ -274,7 +272,6 @@ def main(argv: list[str] | None = None) -> int:
     from harness.runner import resolve_device
     from metrics.tifa_filter import text_qa
 
-    cfg = run.compose("models=svd", *overrides)
     q = OmegaConf.to_container(cfg.tifa_questions, resolve=True)
     for key, spec in (("lm", args.lm), ("qa", args.qa)):
         if spec:
