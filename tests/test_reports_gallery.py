@@ -92,6 +92,10 @@ def chromium() -> str:
     pytest.fail("the gallery test needs headless Chromium: apt-get install -y chromium (or set CHROMIUM=/path/to/browser)")
 
 
+#: Browser launches allowed for the Play check (media time needs real CPU time, scarce on a busy 2-core CI box).
+PLAY_TRIES = 3
+
+
 def browse(exe: str, page: Path, tmp: Path, *extra: str) -> str:
     """Chromium headless on a file:// page, scripts given 10 s of virtual time; returns stdout (the DOM with --dump-dom)."""
     cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -164,8 +168,11 @@ def test_gallery_opens_from_disk_and_every_video_loads(gallery_results, tmp_path
 
     # Pressing Play on one sample plays all of its videos, together.
     check.write_text(html.replace("</body>", PLAY_CHECK + "</body>"))
-    played = re.search(r'<pre id="play-check">([^<]*)</pre>', browse(exe, check, tmp_path, "--dump-dom")).group(1)
-    assert played, "after Play the first video never passed 0.4 s: the videos did not play"
+    for _ in range(PLAY_TRIES):  # media time runs on the real clock: a starved headless browser may not reach 0.4 s
+        played = re.search(r'<pre id="play-check">([^<]*)</pre>', browse(exe, check, tmp_path, "--dump-dom")).group(1)
+        if played:
+            break
+    assert played, f"after Play the first video never passed 0.4 s in {PLAY_TRIES} tries: the videos did not play"
     played = json.loads(played)
     assert len(played) == 1 + len(METHODS) and not any(paused for _, _, paused in played), played
     lead, duration = played[0][0], played[0][1]
