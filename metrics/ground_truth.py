@@ -17,8 +17,8 @@ class GroundTruthScores(VideoMetric):
         "gt_ssim": Column(percent=True, higher_is_better=True, group="ground truth"),
     }
 
-    def __init__(self, sigma: float = 1.5, max_psnr: float = 100.0):
-        self.sigma = sigma
+    def __init__(self, sigma: float = 1.5, max_psnr: float = 100.0, device: str = "cpu"):
+        self.sigma, self.device = sigma, device
         self.max_psnr = max_psnr  # identical videos have infinite PSNR; report this cap instead
 
     def score(self, sample: EditSample, edited: np.ndarray) -> dict[str, float]:
@@ -29,4 +29,4 @@ class GroundTruthScores(VideoMetric):
             psnr = self.max_psnr
         else:
             psnr = min(self.max_psnr, float(peak_signal_noise_ratio(truth, edited, data_range=255)))
-        return {"gt_psnr": psnr, "gt_ssim": video_ssim(edited, truth, self.sigma)}
+        return {"gt_psnr": psnr, "gt_ssim": video_ssim(edited, truth, self.sigma, self.device)}

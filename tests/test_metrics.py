@@ -14,7 +14,7 @@ from metrics.clip import CLIPScores
 from metrics.flow import DISFlow, FlowError
 from metrics.fvd import FVD, frechet_distance_from_stats
 from metrics.regions import FlowTracker, SampleCache, regions_for
-from metrics.ssim import SSIM
+from metrics.ssim import SSIM, frame_ssim, gaussian_kernel
 from metrics.tifa import TIFA, load_questions, map_answer, tifa_score
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,6 +73,41 @@ def test_ssim_matches_scikit_image(sample):
                                          use_sample_covariance=False) for a, b in zip(noisy, sample.source)])
     assert SSIM().score(sample, noisy)["ssim"] == pytest.approx(ref, rel=1e-12)
     assert ref < 0.95
+
+
+def _skimage_frames(a, b, sigma=1.5):
+    return np.array([structural_similarity(x, y, channel_axis=-1, data_range=255, gaussian_weights=True, sigma=sigma,
+                                           use_sample_covariance=False) for x, y in zip(a, b)])
+
+
+@pytest.mark.parametrize("size", [(11, 11), (13, 40), (64, 112), (320, 576), (576, 1024)])
+def test_torch_ssim_equals_scikit_image_on_random_frames(size):
+    """The GPU path (torch, float64), run on CPU tensors, at the window's minimum, odd sizes and every size the
+    datasets and tiny models use: scikit-image's numbers up to summation order (the GPU tolerance is 1e-4)."""
+    rng = np.random.default_rng(size[0])
+    a = rng.integers(0, 256, (1 if size[0] > 320 else 3, *size, 3), dtype=np.uint8)
+    b = np.clip(a.astype(int) + rng.integers(-60, 60, a.shape), 0, 255).astype(np.uint8)
+    ref = _skimage_frames(a, b)
+    assert np.abs(frame_ssim(a, b, batch=2).numpy() - ref).max() < 1e-12
+
+
+def test_torch_ssim_equals_scikit_image_on_real_frames(sample):
+    blurred = np.ascontiguousarray(sample.source[:, ::-1])  # a mirrored video: real content, low similarity
+    for other, sigma in ((blurred, 1.5), (sample.source[::-1].copy(), 1.5), (blurred, 0.8)):
+        ref = _skimage_frames(other, sample.source, sigma)
+        assert np.abs(frame_ssim(other, sample.source, sigma).numpy() - ref).max() < 1e-12, sigma
+    assert frame_ssim(sample.source, sample.source).numpy() == pytest.approx(1.0, abs=1e-12)
+
+
+def test_ssim_window_matches_scipy():
+    """scipy.ndimage's Gaussian (truncate 3.5: 11 taps at σ = 1.5) is the kernel: filtering a unit impulse gives it."""
+    from scipy.ndimage import gaussian_filter1d
+
+    for sigma in (1.5, 0.8, 2.0):
+        k = gaussian_kernel(sigma).numpy()
+        impulse = np.zeros(len(k))
+        impulse[len(k) // 2] = 1
+        assert np.abs(gaussian_filter1d(impulse, sigma, truncate=3.5, mode="constant") - k[::-1]).max() < 1e-15
 
 
 def test_frechet_distance_closed_form():
