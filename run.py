@@ -39,10 +39,9 @@ def main(cfg: DictConfig, overrides: list[str] = ()) -> dict | None:
     from harness.runner import resolve_device, run
 
     cfg.device = resolve_device(cfg.device)
-    if cfg.get("threads") is not None:
-        import torch
+    from harness.cpu import set_threads
 
-        torch.set_num_threads(int(cfg.threads))
+    set_threads(cfg.get("threads"))
     if cfg.stage in ("edit", "score"):
         return run(cfg, overrides)
     if cfg.stage == "summarize":

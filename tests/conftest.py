@@ -29,7 +29,8 @@ def sample_track(data_dir):
 
 @pytest.fixture
 def compose(tmp_path, data_dir):
-    """compose(*overrides) -> the config run.py would get, with results in a fresh tmp dir."""
+    """compose(*overrides) -> the config run.py would get, with results in a fresh tmp dir; `threads=null`, so that
+    the tests' own thread settings (`one_thread`) hold unless a test overrides it."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
@@ -39,7 +40,8 @@ def compose(tmp_path, data_dir):
         with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
             return hydra_compose(
                 config_name="config",
-                overrides=[f"results_dir={results_dir or tmp_path / 'results'}", f"data_dir={data_dir}", *overrides],
+                overrides=[f"results_dir={results_dir or tmp_path / 'results'}", f"data_dir={data_dir}", "threads=null",
+                           *overrides],
             )
 
     return _compose
