@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from baselines import components, ddim, resize
-from baselines.prompts import checked_config, prompts_for
+from baselines.prompts import checked_config, prepare_prompts, prompts_for
 from harness.method import EditMethod, NonFiniteEdit, Phases
 from harness.types import EditedVideo, EditSample
 
@@ -147,6 +147,10 @@ class Spacetime(EditMethod):
         self.scheduler = DDIMScheduler.from_config(self.m.scheduler.config)  # the code: DDIM from the hub config
         self.weights_revision = self.m.weights_revision
         self.half = components.dtype_for(device) == torch.float16  # fp16 weights under fp16 autocast, fp32 latents
+
+    def prepare(self) -> None:
+        """Load what the prompts may need before any edit is timed."""
+        prepare_prompts(self.prompts_cfg, self.device)
 
     def _autocast(self):
         return torch.autocast("cuda", dtype=torch.float16) if self.half else contextlib.nullcontext()
