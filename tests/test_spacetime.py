@@ -101,6 +101,25 @@ def test_truncated_forward_stops_after_up_block_1_with_the_full_forwards_feature
     assert cut["up_blocks.1.upsamplers.0"].shape[-2:] == (2 * h, 2 * w)
 
 
+def test_the_real_unet_has_the_hooked_modules_and_missing_weights_are_a_clear_error(tmp_path):
+    """ZeroScope's UNet (the default `UNet3DConditionModel` config, built on the meta device: no weights) has the cut
+    and the three feature modules in its second up block; real weights that are absent raise `MissingWeights`."""
+    from diffusers import UNet3DConditionModel
+    from diffusers.models.unets.unet_3d_blocks import CrossAttnUpBlock3D
+    from omegaconf import OmegaConf
+
+    from baselines import components
+    from harness.weights import MissingWeights
+
+    with torch.device("meta"):
+        unet = UNet3DConditionModel()
+    assert isinstance(unet.get_submodule(spacetime.CUT), CrossAttnUpBlock3D) and len(unet.up_blocks) == 4
+    assert [type(unet.get_submodule(n)).__name__ for n in spacetime.FEATURES] == ["Conv2d", "TemporalConvLayer", "Upsample2D"]
+    missing = OmegaConf.create({"repo": "cerspense/zeroscope_v2_576w", "revision": None, "root": str(tmp_path), "tiny": False})
+    with pytest.raises(MissingWeights, match="zeroscope_v2_576w"):
+        components.load_zeroscope(missing, "cpu")
+
+
 def _guided_inputs(method, frames=3):
     g = torch.Generator().manual_seed(1)
     shape = (1, 4, frames, 8, 16)
