@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import run
-from baselines import ddim, resize, spacetime
+from baselines import ddim, spacetime
 from harness.results import RunDir
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -224,6 +224,7 @@ def test_low_frequency_initialization_keeps_the_latents_low_and_the_noises_high_
                                spacetime.low_freq_init(torch.zeros_like(latent), noise, 4))
 
 
+@pytest.mark.slow
 def test_the_seed_makes_the_edit(sample_track):
     method = _method()
     sample = _short(sample_track, 3)
