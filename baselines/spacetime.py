@@ -169,7 +169,7 @@ class Spacetime(EditMethod):
         start = max(self.steps - min(int(self.steps * self.max_guidance), self.steps), 0)
         end = int(self.steps * self.min_guidance)
         timesteps = self.scheduler.timesteps[start:]
-        return timesteps, len(timesteps) - end if end > 0 else len(timesteps)
+        return timesteps, max(len(timesteps) - end, 0) if end > 0 else len(timesteps)
 
     def learning_rates(self, guided: int) -> np.ndarray:
         """Adam's learning rate at each guided step: linear over `lr_range`, or the constant `lr`."""
