@@ -300,3 +300,51 @@ def load_sd15_controlnet_depth(cfg: Any, device: str) -> SimpleNamespace:
         return SimpleNamespace(**parts, folder=sd, weights_revision=revision)
 
     return cached(cache_key("components", "sd15-controlnet-depth", cfg, device), factory)
+
+
+# --- ZeroScope v2 576w (Spacetime, baselines/spacetime.py) ------------------------------------------------------
+ZEROSCOPE_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+def _build_tiny_zeroscope(seed: int) -> Path:
+    """A tiny random-weight folder laid out like `cerspense/zeroscope_v2_576w`: a `UNet3DConditionModel` with the
+    real block types (three cross-attention down blocks, one plain; up blocks mirrored), the tiny SD VAE, CLIP text
+    encoder, tokenizer and DDIM scheduler."""
+    from diffusers import UNet3DConditionModel
+
+    folder = Path(tempfile.mkdtemp(prefix="tiny-zeroscope-"))
+    torch.manual_seed(seed)
+    _tiny_sd_base(folder)
+    UNet3DConditionModel(sample_size=8, block_out_channels=TINY_CHANNELS, layers_per_block=2, norm_num_groups=4,
+                         cross_attention_dim=TINY_CONTEXT, attention_head_dim=2).save_pretrained(folder / "unet")
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "TextToVideoSDPipeline",
+                                                         "_tiny_random_weights": True}))
+    return folder
+
+
+def load_zeroscope(cfg: Any, device: str) -> SimpleNamespace:
+    """ZeroScope's components (`ZEROSCOPE_PARTS`) for a `models.zeroscope` config: real weights from the hub cache or
+    `root` at the pinned revision, or the tiny build; torch modules fp16 on CUDA (as the public code loads them)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet3DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    classes = dict(zip(ZEROSCOPE_PARTS, (UNet3DConditionModel, AutoencoderKL, CLIPTextModel, CLIPTokenizer, DDIMScheduler)))
+
+    def factory() -> SimpleNamespace:
+        if cfg.get("tiny", False):
+            folder = cached(cache_key("tiny-folder", "zeroscope", cfg.seed), lambda: _build_tiny_zeroscope(int(cfg.seed)))
+        else:
+            folder = local_model_dir(cfg.repo, cfg.get("revision"), cfg.get("root"),
+                                     allow_patterns=["model_index.json", *[f"{s}/*" for s in ZEROSCOPE_PARTS]])
+        parts = {}
+        for sub, cls in classes.items():
+            if issubclass(cls, torch.nn.Module):
+                m = cls.from_pretrained(folder, subfolder=sub, torch_dtype=dtype_for(device))
+                parts[sub] = m.to(device).eval().requires_grad_(False)
+            else:
+                parts[sub] = cls.from_pretrained(folder, subfolder=sub)
+        revision = None if cfg.get("tiny", False) else snapshot_id(folder)
+        return SimpleNamespace(**parts, folder=folder, weights_revision=revision)
+
+    return cached(cache_key("components", "zeroscope", cfg, device), factory)
+# --- end ZeroScope ----------------------------------------------------------------------------------------------
