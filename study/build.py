@@ -66,15 +66,22 @@ class PlannedPair:
 
 
 def plan_pairs(seed: int, common: dict[str, list[str]], reference_ids: list[str], catch_rate: float) -> list[PlannedPair]:
-    """The study's pairs in display order, from the seed alone: one per (opponent, shared sample) with the
-    reference's side a fair coin, then ceil(catch_rate × pairs) catch pairs on distinct reference samples, then
+    """The study's pairs in display order, from the seed alone: one per (opponent, shared sample), the reference
+    on the right in half of each opponent's pairs (`balanced_sides`), then ceil(catch_rate × pairs) catch pairs on distinct reference samples, then
     all shuffled. `common[opponent]` are the samples both finished; the same inputs give the same plan."""
     rng = np.random.default_rng(seed)
-    plan = [PlannedPair(o, sid, bool(rng.random() < 0.5)) for o, ids in common.items() for sid in ids]
+    plan = [PlannedPair(o, sid, right) for o, ids in common.items() for sid, right in zip(ids, balanced_sides(rng, len(ids)))]
     n_catch = min(math.ceil(catch_rate * len(plan)), len(reference_ids)) if plan else 0
-    for i in sorted(rng.choice(len(reference_ids), size=n_catch, replace=False)):
-        plan.append(PlannedPair(CATCH, reference_ids[i], bool(rng.random() < 0.5)))
+    chosen = sorted(rng.choice(len(reference_ids), size=n_catch, replace=False))
+    plan += [PlannedPair(CATCH, reference_ids[i], right) for i, right in zip(chosen, balanced_sides(rng, n_catch))]
     return [plan[i] for i in rng.permutation(len(plan))]
+
+
+def balanced_sides(rng: np.random.Generator, n: int) -> list[bool]:
+    """`n` sides (True: the reference on the right) in random order, half of each (the odd one a fair coin), so
+    that a side bias of raters cancels out of every opponent's percentage."""
+    sides = [True] * (n // 2) + [False] * (n // 2) + ([bool(rng.random() < 0.5)] if n % 2 else [])
+    return [sides[i] for i in rng.permutation(n)]
 
 
 def corrupt(frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -91,8 +91,9 @@ def read_results(study: Study, path: str | Path) -> list[Answer]:
         seconds = _seconds(row.get(cols.get("seconds", ""), ""))
         for q in QUESTIONS:
             choice = row[cols[q]].strip().lower()
-            if choice == "tie" and not study.settings.tie_option:
-                problems.append(f"row {line}: {cols[q]} is 'tie' but the study is forced choice")
+            allowed = ("left", "right", "tie") if study.settings.tie_option else ("left", "right")
+            if choice not in allowed:
+                problems.append(f"row {line}: {cols[q]} is {row[cols[q]]!r}, not one of {', '.join(allowed)}")
                 continue
             answers.append(Answer(row[cols["rater"]].strip(), pair.id, q, choice, seconds, "crowd"))
     if problems:
@@ -111,7 +112,7 @@ def _seconds(v: str) -> float | None:
 def import_results(study: Study, path: str | Path) -> int:
     """Record a platform's results CSV in one transaction (all rows or none); returns how many answers were added."""
     answers = read_results(study, path)
-    with Store(study.root, [p.id for p in study.pairs]) as store:
+    with Store(study.root, [p.id for p in study.pairs], study.settings.tie_option) as store:
         try:
             n = store.add(answers)
         except StudyError as e:

@@ -29,7 +29,7 @@ TEMPLATES = Path(__file__).resolve().parent / "templates"
 def create_app(study_root: str | Path) -> Flask:
     """The app for the study built in `study_root`."""
     study = Study.load(study_root)
-    store = Store(study.root, [p.id for p in study.pairs])
+    store = Store(study.root, [p.id for p in study.pairs], study.settings.tie_option)
     app = Flask(__name__, template_folder=str(TEMPLATES))
     app.config["study"], app.config["store"] = study, store
     choices = ["left", "right", *(["tie"] if study.settings.tie_option else [])]

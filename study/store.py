@@ -30,12 +30,14 @@ CREATE TABLE IF NOT EXISTS answers (
 
 
 class Store:
-    """The study's answers. `pair_ids` (when given) are the pairs answers may name."""
+    """The study's answers. `pair_ids` (when given) are the pairs answers may name; `allow_tie` whether "tie" is
+    an answer (the study's tie option)."""
 
-    def __init__(self, study_root: str | Path, pair_ids: Iterable[str] | None = None):
+    def __init__(self, study_root: str | Path, pair_ids: Iterable[str] | None = None, allow_tie: bool = True):
         self.path = Path(study_root) / DB_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.pair_ids = None if pair_ids is None else set(pair_ids)
+        self.choices = CHOICES if allow_tie else tuple(c for c in CHOICES if c != "tie")
         self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")  # an acknowledged answer survives a power cut
@@ -60,8 +62,8 @@ class Store:
                 raise UnknownPair(f"pair {a.pair_id!r} (rater {a.rater!r}) is not in this study")
             if a.question not in QUESTIONS:
                 raise StudyError(f"question must be one of {', '.join(QUESTIONS)}, got {a.question!r}")
-            if a.choice not in CHOICES:
-                raise StudyError(f"answer to {a.question!r} of pair {a.pair_id!r} must be one of {', '.join(CHOICES)}, "
+            if a.choice not in self.choices:
+                raise StudyError(f"answer to {a.question!r} of pair {a.pair_id!r} must be one of {', '.join(self.choices)}, "
                                  f"got {a.choice!r}")
             key = (a.rater, a.pair_id, a.question)
             if key in seen:
