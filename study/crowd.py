@@ -5,7 +5,8 @@
 
 The bundle (`<study>/crowd/`): `hit.html`, the pair page with `${pair_id}`, `${instruction}`, `${source}`,
 `${edited_frame}`, `${left}` and `${right}` placeholders (Amazon Mechanical Turk's template syntax, which other
-platforms accept too), posting the form fields `editing` and `video`; `tasks.csv`, one row per pair with those
+platforms accept too), posting the form fields `editing` and `video` (and MTurk's `assignmentId`, taken from the
+page's query string) to MTurk's external-submit URL; `tasks.csv`, one row per pair with those
 columns (media URLs prefixed with `study.crowd.base_url`, where the study folder's `media/` will be hosted); and
 `preview/<pair id>.html`, each task rendered with relative links, to check the bundle from disk. Method names
 appear nowhere in the bundle.
@@ -52,7 +53,7 @@ def export_bundle(study: Study) -> Path:
     page = env.get_template("pair.html.j2")
     choices = ["left", "right", *(["tie"] if s.tie_option else [])]
     common = {"rater": "", "questions": s.questions, "choices": choices, "position": "", "total": len(study.pairs)}
-    write_atomic(out / "hit.html", page.render(pair=_Placeholders, base="", action=SUBMIT_URL, **common))
+    write_atomic(out / "hit.html", page.render(pair=_Placeholders, base="", action=SUBMIT_URL, crowd=True, **common))
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(TASK_COLUMNS)
