@@ -115,14 +115,11 @@ class Study:
         except (ValueError, KeyError, TypeError) as e:
             raise StudyError(f"{path}: damaged study file ({type(e).__name__}: {e}); rebuild it") from e
 
+    def __post_init__(self):
+        self._by_id = {p.id: p for p in self.pairs}
+
     def pair(self, pair_id: str) -> Pair | None:
         return self._by_id.get(pair_id)
-
-    @property
-    def _by_id(self) -> dict[str, Pair]:
-        if not hasattr(self, "_index"):
-            self._index = {p.id: p for p in self.pairs}
-        return self._index
 
     def order(self, rater: str) -> list[Pair]:
         return [self.pairs[i] for i in rater_order(len(self.pairs), self.settings.seed, rater)]

@@ -29,7 +29,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from harness.files import write_atomic
 from study.build import Study
 from study.store import Store
-from study.types import QUESTIONS, Answer, StudyError
+from study.types import MEDIA, QUESTIONS, Answer, StudyError
 
 log = logging.getLogger("study")
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -42,7 +42,7 @@ class _Placeholders:
     """A pair whose every field renders as `${field}`, for the platform to fill in from tasks.csv."""
 
     id = "${pair_id}"
-    instruction, source, edited_frame, left, right = ("${%s}" % k for k in TASK_COLUMNS[1:])
+    instruction = "${instruction}"
 
 
 def export_bundle(study: Study) -> Path:
@@ -53,13 +53,15 @@ def export_bundle(study: Study) -> Path:
     page = env.get_template("pair.html.j2")
     choices = ["left", "right", *(["tie"] if s.tie_option else [])]
     common = {"rater": "", "questions": s.questions, "choices": choices, "position": "", "total": len(study.pairs)}
-    write_atomic(out / "hit.html", page.render(pair=_Placeholders, base="", action=SUBMIT_URL, crowd=True, **common))
+    placeholders = {k: "${%s}" % k for k in MEDIA}
+    write_atomic(out / "hit.html", page.render(pair=_Placeholders, urls=placeholders, action=SUBMIT_URL, crowd=True, **common))
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(TASK_COLUMNS)
     for p in study.pairs:
-        w.writerow([p.id, p.instruction, *(s.crowd_base_url + m for m in (p.source, p.edited_frame, p.left, p.right))])
-        write_atomic(out / "preview" / f"{p.id}.html", page.render(pair=p, base="../../", action="#", **common))
+        urls = p.urls(s.crowd_base_url)
+        w.writerow([p.id, p.instruction, *(urls[k] for k in MEDIA)])
+        write_atomic(out / "preview" / f"{p.id}.html", page.render(pair=p, urls=p.urls("../../"), action="#", **common))
     write_atomic(out / "tasks.csv", buf.getvalue())
     log.info("crowd bundle: %s (%d tasks; host %s/media at study.crowd.base_url)", out, len(study.pairs), study.root)
     return out

@@ -31,6 +31,7 @@ def create_app(study_root: str | Path) -> Flask:
     study = Study.load(study_root)
     store = Store(study.root, [p.id for p in study.pairs], study.settings.tie_option)
     app = Flask(__name__, template_folder=str(TEMPLATES))
+    app.jinja_env.autoescape = True  # instructions come from data; Flask escapes only *.html templates by default
     app.config["study"], app.config["store"] = study, store
     choices = ["left", "right", *(["tie"] if study.settings.tie_option else [])]
 
@@ -56,7 +57,7 @@ def create_app(study_root: str | Path) -> Flask:
         if nxt is None:
             return render_template("done.html.j2", rater=rater, n=len(order))
         return render_template("pair.html.j2", rater=rater, pair=nxt, position=len(done) + 1, total=len(order),
-                               questions=study.settings.questions, choices=choices, base="/", action="/answer")
+                               questions=study.settings.questions, choices=choices, urls=nxt.urls("/"), action="/answer")
 
     @app.post("/answer")
     def answer():

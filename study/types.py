@@ -4,10 +4,13 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 #: The two questions of the paper's Table 4, in the order the page asks them.
 QUESTIONS = ("editing", "video")
 CHOICES = ("left", "right", "tie")
+#: A pair's media fields (paths relative to the study folder).
+MEDIA = ("source", "edited_frame", "left", "right")
 #: A rater id from a URL or a platform's CSV: short, printable, no path characters.
 RATER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$")
 
@@ -62,6 +65,10 @@ class Pair:
 
     def method_of(self, side: str) -> str | None:
         return {"left": self.left_method, "right": self.right_method}.get(side)
+
+    def urls(self, base: str) -> dict[str, str]:
+        """The pair's media as URLs under `base`, every path segment percent-encoded (sample ids may hold `#`, `?`, `%`)."""
+        return {k: base + "/".join(quote(part, safe="") for part in getattr(self, k).split("/")) for k in MEDIA}
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

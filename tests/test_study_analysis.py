@@ -208,3 +208,14 @@ def test_pair_plan_is_balanced_and_reproducible():
     order = rater_order(len(plan), 0, "alice")
     assert sorted(order) == list(range(len(plan))) and order == rater_order(len(plan), 0, "alice")
     assert order != rater_order(len(plan), 0, "bob") and order != rater_order(len(plan), 1, "alice")
+
+
+def test_media_urls_are_percent_encoded():
+    """Sample ids are safe folder names but may hold URL syntax (`#`, `?`, `%`, spaces)."""
+    p = Pair("x", "a#b ?%", "", "media/src/a#b ?%/source.mp4", "media/src/a#b ?%/edited.png", "media/v/1.mp4",
+             "media/v/2.mp4", "videoshop", "bdia", "videoshop", "bdia")
+    urls = p.urls("/")
+    assert urls["source"] == "/media/src/a%23b%20%3F%25/source.mp4" and urls["left"] == "/media/v/1.mp4"
+    from urllib.parse import unquote
+
+    assert unquote(urls["edited_frame"]) == "/" + p.edited_frame

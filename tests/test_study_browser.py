@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from study.build import Study, build_study
+from study.build import build_study
 from study.settings import Settings
 from tests.study_helpers import METHODS, make_runs
 from tests.test_reports_gallery import chromium

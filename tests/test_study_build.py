@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import math
 import re
 import shutil
@@ -135,6 +136,11 @@ def test_store_refuses_bad_answers_and_keeps_what_it_has(study):
 
 
 def test_web_app_records_resumes_and_refuses(study):
+    # An instruction from data is text, never markup.
+    raw = json.loads((study.root / "study.json").read_text())
+    for p in raw["pairs"]:
+        p["instruction"] = "<script>alert(1)</script> & more"
+    (study.root / "study.json").write_text(json.dumps(raw))
     client = create_app(study.root).test_client()
     order = [p.id for p in study.order("alice")]
     seen = []
@@ -143,6 +149,7 @@ def test_web_app_records_resumes_and_refuses(study):
         assert page.status_code == 200
         pid = re.search(r'name="pair" value="([^"]+)"', page.text).group(1)
         assert all(m not in page.text for m in [*METHODS, "catch"])
+        assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; more" in page.text and "<script>alert" not in page.text
         seen.append(pid)
         r = client.post("/answer", data={"rater": "alice", "pair": pid, "editing": "left", "video": "right", "seconds": "2.5"})
         assert r.status_code == 303 and r.headers["Location"].endswith("/rate/alice")
