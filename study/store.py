@@ -7,6 +7,7 @@ unique: a second answer to the same question is refused with `DuplicateAnswer`, 
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Iterable
@@ -39,6 +40,7 @@ class Store:
         self.pair_ids = None if pair_ids is None else set(pair_ids)
         self.choices = CHOICES if allow_tie else tuple(c for c in CHOICES if c != "tie")
         self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        self.lock = threading.RLock()  # one connection shared by the app's threads: one submission at a time
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")  # an acknowledged answer survives a power cut
         self.db.executescript(SCHEMA)
@@ -77,6 +79,10 @@ class Store:
 
     def add(self, answers: list[Answer]) -> int:
         """Record a submission in one transaction, after `check`; returns how many answers were added."""
+        with self.lock:
+            return self._add(answers)
+
+    def _add(self, answers: list[Answer]) -> int:
         self.check(answers)
         now = time.time()
         try:
@@ -95,14 +101,17 @@ class Store:
         return len(answers)
 
     def answers(self) -> list[Answer]:
-        rows = self.db.execute("SELECT rater, pair_id, question, choice, seconds, origin FROM answers ORDER BY id")
+        with self.lock:
+            rows = self.db.execute("SELECT rater, pair_id, question, choice, seconds, origin FROM answers ORDER BY id").fetchall()
         return [Answer(*r) for r in rows]
 
     def answered(self, rater: str) -> set[str]:
         """The pairs `rater` answered every question of."""
-        rows = self.db.execute("SELECT pair_id FROM answers WHERE rater=? GROUP BY pair_id HAVING COUNT(DISTINCT question)=?",
-                               (rater, len(QUESTIONS)))
+        with self.lock:
+            rows = self.db.execute("SELECT pair_id FROM answers WHERE rater=? GROUP BY pair_id HAVING COUNT(DISTINCT question)=?",
+                                   (rater, len(QUESTIONS))).fetchall()
         return {r[0] for r in rows}
 
     def count(self) -> int:
-        return self.db.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
+        with self.lock:
+            return self.db.execute("SELECT COUNT(*) FROM answers").fetchone()[0]

@@ -127,6 +127,22 @@ def test_store_refuses_bad_answers_and_keeps_what_it_has(study):
         assert [(a.rater, a.pair_id, a.question, a.choice) for a in store.answers()] == [
             ("alice", pid, "editing", "left"), ("alice", pid, "video", "right")]  # the first answers, nothing else
         assert store.answered("alice") == {pid}
+    # Concurrent submissions of one answer (a double click, two tabs): exactly one is recorded.
+    from concurrent.futures import ThreadPoolExecutor
+
+    def submit(store: Store) -> str:
+        try:
+            store.add([Answer("carol", pid, "editing", "left"), Answer("carol", pid, "video", "left")])
+            return "ok"
+        except DuplicateAnswer:
+            return "duplicate"
+
+    shared, other = Store(study.root), Store(study.root)  # threads on one connection, and a second process's connection
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(submit, [shared, other] * 8))
+    assert sorted(outcomes) == ["duplicate"] * 15 + ["ok"]
+    assert shared.count() == 4
+    shared.close(), other.close()
     # The unique constraint holds in the database itself, whatever the code in front of it does.
     db = sqlite3.connect(study.root / "answers.sqlite")
     with pytest.raises(sqlite3.IntegrityError):
