@@ -48,6 +48,7 @@ def write_human_report(results_dir: str | Path) -> list[Path]:
     from study.analysis import analyze
     from study.build import Study
     from study.store import DB_FILE, Store
+    from reports.paper import COMPARABLE_DATASET
     from study.types import StudyError
 
     results_dir = Path(results_dir)
@@ -64,10 +65,13 @@ def write_human_report(results_dir: str | Path) -> list[Path]:
             continue
         a = analyze(study, answers)
         s = study.settings
-        title = f"Human preference for {s.reference} ({s.name}, {s.dataset}/{s.models})"
+        why = [w for w, bad in (("tiny models", study.tiny), (f"dataset {s.dataset}", s.dataset != COMPARABLE_DATASET["4"])) if bad]
+        title = f"Human preference for {s.reference} ({s.name}, {s.dataset}/{s.models})" + (
+            f" — not comparable with the paper ({', '.join(why)})" if why else "")
         md = preference_markdown(a.preference, title, s.confidence)
         parts.append(md)
-        tables.append(a.preference.assign(study=s.name, reference=s.reference, dataset=s.dataset, models=s.models))
+        tables.append(a.preference.assign(study=s.name, reference=s.reference, dataset=s.dataset, models=s.models,
+                                          tiny=study.tiny, comparable=not why))
         full = [md, f"{a.n_answers} answers from {a.catch['rater'].nunique()} raters.\n"]
         for name, df, text in [
             ("catch", a.catch, f"Catch trials per rater (excluded: failure rate above {s.exclude_catch_failure_above:g})"),

@@ -102,6 +102,7 @@ class Study:
     settings: Settings
     pairs: list[Pair]
     columns: dict[str, dict]  # metric -> its column info (higher_is_better, percent)
+    tiny: bool = False  # some compared run used tiny random-weight models
 
     @classmethod
     def load(cls, root: str | Path) -> "Study":
@@ -111,7 +112,8 @@ class Study:
             raise FileNotFoundError(f"{path}: no study here (build one with `python run.py stage=study`)")
         try:
             d = read_json(path)
-            return cls(root, Settings(**d["settings"]), [Pair.from_json(p) for p in d["pairs"]], d.get("columns", {}))
+            return cls(root, Settings(**d["settings"]), [Pair.from_json(p) for p in d["pairs"]], d.get("columns", {}),
+                       bool(d.get("tiny", False)))
         except (ValueError, KeyError, TypeError) as e:
             raise StudyError(f"{path}: damaged study file ({type(e).__name__}: {e}); rebuild it") from e
 
@@ -213,7 +215,7 @@ def build_study(results_dir: str | Path, settings: Settings) -> Study:
     for r in runs.values():
         columns.update(r.columns)
     write_json(root / STUDY_FILE, {"settings": s.to_json(), "pairs": [p.to_json() for p in pairs], "columns": columns,
-                                   "runs": {m: r.where for m, r in runs.items()}})
+                                   "tiny": any(r.tiny for r in runs.values()), "runs": {m: r.where for m, r in runs.items()}})
     Store(root).close()  # the answers database exists from the start
     log.info("study %s: %d pairs (%d catch) of %s against %s -> %s", s.name, len(pairs), sum(p.is_catch for p in pairs),
              s.reference, ", ".join(s.against), root)

@@ -263,6 +263,7 @@ def test_report_writes_the_human_table_beside_the_papers(built, data_dir, tmp_pa
     assert t.loc[("rave", "video"), "pref_pct"] == pytest.approx(100 * won / len(rave))
     md = (results / "table4_human.md").read_text()
     assert "| bdia" in md and "94.89" in md and f"(n={3 * len(SAMPLES)})" in md
+    assert "not comparable with the paper (tiny models, dataset sample)" in md and not t["comparable"].any()
     catch = pd.read_csv(study.root / "catch.csv").set_index("rater")
     assert catch.loc["r4", "excluded"] and catch.loc["r4", "failure_rate"] == 1 and not catch.loc["r1", "excluded"]
     assert "Bradley" in (study.root / "report.md").read_text()
