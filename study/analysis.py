@@ -91,7 +91,8 @@ def preference_table(study: Study, answers: list[Answer]) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     for q in QUESTIONS:
         sub = df[df["question"] == q]
-        rows.append({"opponent": "average", "question": q, "pref_pct": sub["pref_pct"].mean(), "lo_pct": math.nan,
+        mean = sub["pref_pct"].mean(skipna=False)  # NaN until every opponent has judgments, like the paper's over all
+        rows.append({"opponent": "average", "question": q, "pref_pct": mean, "lo_pct": math.nan,
                      "hi_pct": math.nan, "n": int(sub["n"].sum()), "n_ties": int(sub["n_ties"].sum()),
                      "paper_pct": float(paper.loc["average", paper_col[q]]) if "average" in paper.index else math.nan})
     return pd.DataFrame(rows)

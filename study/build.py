@@ -30,7 +30,7 @@ import numpy as np
 from hydra.utils import instantiate
 
 from data.video_io import read_video, write_image, write_video_viewable
-from harness.files import read_json, write_json, write_with
+from harness.files import clean_stale_temps, read_json, write_json, write_with
 from harness.names import is_inside, name_problem, safe_child
 from reports.runs import ReportRun, read_runs
 from study.settings import Settings
@@ -168,6 +168,7 @@ def build_study(results_dir: str | Path, settings: Settings) -> Study:
     root = study_dir(results_dir, s.name)
     if not is_inside(root.parent, results_dir):
         raise StudyError(f"{root.parent} resolves outside {results_dir}")
+    clean_stale_temps(root)
     runs = _select_runs(results_dir, s)
     rows = {m: _usable(r) for m, r in runs.items()}
     ref = rows[s.reference]

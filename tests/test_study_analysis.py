@@ -91,6 +91,8 @@ def test_simulated_panel_recovers_its_preference_rate():
             assert row["lo_pct"] <= 100 * rate <= row["hi_pct"], row
             assert row["hi_pct"] - row["lo_pct"] < 11  # 528 judgments pin a rate down to a few percent
     assert pref.loc[("bdia", "editing"), "paper_pct"] == 94.89
+    partial = preference_table(study, [a for a in answers if a.pair_id.startswith("bdia")]).set_index(["opponent", "question"])
+    assert math.isnan(partial.loc[("average", "video"), "pref_pct"]) and partial.loc[("average", "video"), "n"] == 528
     assert pref.loc[("average", "video"), "pref_pct"] == pytest.approx(
         (pref.loc[("bdia", "video"), "pref_pct"] + pref.loc[("rave", "video"), "pref_pct"]) / 2)
 
