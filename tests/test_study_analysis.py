@@ -88,6 +88,7 @@ def test_simulated_panel_recovers_its_preference_rate():
         for q in ("editing", "video"):
             row = pref.loc[(o, q)]
             assert row["n"] == 528
+            assert row["pref_pct"] / 100 * 528 == pytest.approx(round(row["pref_pct"] / 100 * 528))  # a multiple of 1/528
             assert row["lo_pct"] <= 100 * rate <= row["hi_pct"], row
             assert row["hi_pct"] - row["lo_pct"] < 11  # 528 judgments pin a rate down to a few percent
     assert pref.loc[("bdia", "editing"), "paper_pct"] == 94.89
