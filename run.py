@@ -7,6 +7,8 @@
     python run.py stage=summarize                          every run's summary over all its rows (the reduce)
     python run.py stage=report                             tables from everything under results_dir
     python run.py stage=build dataset=magicbrush           prepare a dataset into data_dir
+    python run.py stage=study 'study.against=[bdia,rave]'  a blinded human preference study of finished runs
+    python run.py stage=serve                              its web app for raters (docs/study.md)
 """
 from __future__ import annotations
 
@@ -49,9 +51,22 @@ def main(cfg: DictConfig, overrides: list[str] = ()) -> dict | None:
 
         return summarize_runs(cfg.results_dir, cfg.device)
     if cfg.stage == "report":
+        from reports.human import write_human_report
         from reports.tables import write_report
 
-        return write_report(cfg.results_dir, cfg.get("report"))
+        table = write_report(cfg.results_dir, cfg.get("report"))
+        write_human_report(cfg.results_dir)
+        return table
+    if cfg.stage in ("study", "serve"):
+        from study.build import build_study, study_dir
+        from study.crowd import export_bundle
+        from study.server import serve
+        from study.settings import Settings
+
+        settings = Settings.from_config(cfg.study)
+        if cfg.stage == "study":
+            return export_bundle(build_study(cfg.results_dir, settings))
+        return serve(study_dir(cfg.results_dir, settings.name), settings.host, settings.port)
     if cfg.stage == "build":
         from harness.files import clean_stale_temps
         from harness.names import check_name
@@ -63,7 +78,7 @@ def main(cfg: DictConfig, overrides: list[str] = ()) -> dict | None:
             raise BuildFailed(f"dataset {cfg.dataset.name}: every one of its {summary['n_failed']} samples failed "
                               "to build (each error is logged above)")
         return summary
-    raise ValueError(f"stage must be edit, score, summarize, report or build; got {cfg.stage!r}")
+    raise ValueError(f"stage must be edit, score, summarize, report, build, study or serve; got {cfg.stage!r}")
 
 
 class BuildFailed(RuntimeError):
@@ -101,8 +116,9 @@ def user_error(e: BaseException) -> BaseException | None:
 
     from harness.names import UnsafeName
     from harness.results import ConfigMismatch
+    from study.types import StudyError
 
-    expected = (FileNotFoundError, ConnectionError, ConfigMismatch, UnsafeName)
+    expected = (FileNotFoundError, ConnectionError, ConfigMismatch, UnsafeName, StudyError)
     if isinstance(e, InstantiationException) and isinstance(e.__cause__, (*expected, ValueError)):
         return e.__cause__
     return e if isinstance(e, expected) else None
