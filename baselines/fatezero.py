@@ -213,7 +213,8 @@ class FateZero(EditMethod):
         (`p2preplace_edit`), else a refinement. Returns the controller's name."""
         tok = self.m.tokenizer
         if self.replace_controller and len(source.split(" ")) == len(target.split(" ")):
-            state.replace_mapper = p2p.replacement_mapper(source, target, tok, self.replace_alignment == "aligned").to(self.device)
+            mapper = p2p.replacement_mapper(source, target, tok, aligned=self.replace_alignment == "aligned")
+            state.replace_mapper = mapper.to(self.device)
             return "replace"
         mapper, alphas = p2p.refinement_mapper(source, target, tok)
         state.refine = (mapper.to(self.device), alphas.to(self.device, self.dtype))
@@ -244,7 +245,8 @@ class FateZero(EditMethod):
         """Step 2: CFG sampling from x_T with [uncond, source, target] in every call; returns x_0 and the UNet calls."""
         scheduler = self.m.scheduler
         scheduler.set_timesteps(self.steps, device=self.device)
-        n_cross, n_self = p2p.cross_replace_steps(self.cross_fraction, self.steps), p2p.self_replace_steps(self.self_fraction, self.steps)
+        n_cross = p2p.cross_replace_steps(self.cross_fraction, self.steps)
+        n_self = p2p.self_replace_steps(self.self_fraction, self.steps)
         x = traj.at(scheduler.timesteps[0])
         state.editing, nfe = True, 0
         for i, t in enumerate(scheduler.timesteps):

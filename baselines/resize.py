@@ -27,7 +27,8 @@ def to_working(frames: np.ndarray, height: int, width: int, device, dtype=torch.
 
 def to_working_crop(frames: np.ndarray, side: int, device, dtype=torch.float32) -> torch.Tensor:
     """uint8 T×H×W×3 → float T×3×side×side in [-1, 1]: the short side scaled to `side`, then the centre square
-    (FateZero's loader: `short_size_scale`, antialiased bilinear, then `center_crop`). `to_benchmark` then stretches it to the clip's size."""
+    (FateZero's loader: `short_size_scale`, antialiased bilinear, then `center_crop`). `to_benchmark` then
+    stretches the result to the clip's size."""
     h, w = frames.shape[-3:-1]
     scale = side / min(h, w)
     height, width = (side, int(w * scale)) if h < w else (int(h * scale), side)  # int(): the loader truncates

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hydra.errors import InstantiationException
 from omegaconf import OmegaConf
 
 import run
@@ -163,9 +164,9 @@ def test_stored_blend_maps_reduce_the_source_cross_attention_of_the_16x16_layers
     edit, state = _edit(method, _sample(sample_track), monkeypatch)
     assert edit.info["blend_words"] == ["red"] and edit.info["controller"] == "replace"
     assert state.blend_tokens == p2p.word_indices(SWAP[0], "red", method.m.tokenizer) and state.blend_tokens
-    blend = [n for n, p in method.m.unet.attn_processors.items()]  # restored: recompute the selection by hand
-    assert all(not isinstance(p, fatezero.FusionProcessor) for p in method.m.unet.attn_processors.values())
-    controlled = [n.removesuffix(".processor") for n in blend if n.endswith("attn2.processor")
+    procs = method.m.unet.attn_processors  # restored after the edit; the selection is redone here by hand
+    assert not any(isinstance(p, fatezero.FusionProcessor) for p in procs.values())
+    controlled = [n.removesuffix(".processor") for n in procs if n.endswith("attn2.processor")
                   and fatezero.layer_tokens(n, state.latent_hw, 4) <= state.max_tokens]
     chosen = [n for n in controlled if n.startswith("down")][2:4] + [n for n in controlled if n.startswith("up")][:3]
     assert chosen == [f"down_blocks.2.attentions.{i}.transformer_blocks.0.attn2" for i in (0, 1)] + \
@@ -218,6 +219,7 @@ def test_identical_prompts_with_full_replacement_give_the_edit_branch_the_source
     assert differs > len(targets) // 2
 
 
+@pytest.mark.slow
 @torch.no_grad()
 def test_self_attention_replacement_gives_the_edit_branch_the_blended_source_map(sample_track, monkeypatch):
     """In the controlled self-attention layers, for steps i < int(steps·self_replace), the edit branch's map is
@@ -265,7 +267,7 @@ def test_sparse_causal_attention_takes_keys_from_the_middle_frame_in_wide_blocks
     state = fatezero.FusionState(frames=5, sparse_frame=2, max_tokens=16, latent_hw=(8, 8))
     restore = fatezero.install(unet, state, method.sparse_min_channels)
     try:
-        narrow, wide = (unet.get_submodule(f"{b}.attentions.0.transformer_blocks.0.attn1") for b in ("down_blocks.0", "down_blocks.1"))
+        narrow, wide = (unet.get_submodule(f"down_blocks.{b}.attentions.0.transformer_blocks.0.attn1") for b in (0, 1))
         for attn, c, n in ((narrow, 8, 64), (wide, 16, 16)):
             x = torch.randn(10, n, c)
             y = x.clone()
@@ -290,6 +292,18 @@ def test_centre_crop_matches_the_authors_loader():
     x = TF.resize(x, [64, int(91 * 64 / 50)], antialias=True)
     top, left = (x.shape[-2] - 64) // 2, (x.shape[-1] - 64) // 2
     torch.testing.assert_close(got, x[..., top:top + 64, left:left + 64], rtol=0, atol=1e-5)
+
+
+@torch.no_grad()
+def test_squash_mode_sees_the_whole_frame(sample_track):
+    """crop_mode=squash resizes the whole frame to 64² instead of cropping its centre: another edit, same shape."""
+    sample = _sample(sample_track, frames=3)
+    crop, squash = _method().edit(sample, 0), _method("method.crop_mode=squash").edit(sample, 0)
+    assert (crop.info["crop_mode"], squash.info["crop_mode"]) == ("center", "squash")
+    assert crop.frames.shape == squash.frames.shape == sample.source.shape
+    assert np.abs(crop.frames.astype(float) - squash.frames).mean() > 1
+    with pytest.raises(InstantiationException, match="crop_mode must be one of"):
+        _method("method.crop_mode=pad")
 
 
 def test_missing_real_weights_name_the_repository():
