@@ -350,3 +350,6 @@ def test_runs_end_to_end_on_the_sample_track(compose, tmp_path):
         assert info["prompt_origin"] == "dataset" and info["target_prompt"] == sample.target_prompt
         assert info["crop_mode"] == "center" and info["hand_tuned"] is False
         assert info["blend_words"] == info["changed_words_source"]
+        assert (info["blend_tokens"] > 0) == bool(info["blend_words"])  # every blend word found in the source prompt
+    assert [bool(r.info["blend_words"]) for r in rows] == [False, True]  # an added logo; a removed cat
+
