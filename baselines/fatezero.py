@@ -43,7 +43,6 @@ from harness.types import EditedVideo, EditSample
 CROP_MODES = ("center", "squash")  # FateZero's loader crops the centre square; squash resizes the whole frame
 SPARSE_FRAMES = {"first": lambda n: 0, "mid": lambda n: (n - 1) // 2, "last": lambda n: n - 1}
 BLEND_DOWN, BLEND_UP = slice(2, 4), slice(0, 3)  # `down_cross[2:4] + up_cross[:3]` of the controlled layers
-UNCOND, SOURCE, TARGET = 0, 1, 2  # the branches of an editing call
 
 
 @dataclass
@@ -109,6 +108,10 @@ class FusionProcessor:
         fused = (s.cross_replace if cross else s.self_replace) if s.editing else (cross and self.blend and bool(s.blend_tokens))
         if tokens > s.max_tokens or not (fused or s.record is not None):  # nothing reads the probabilities
             return injection.attention_output(attn, F.scaled_dot_product_attention(q, k, v), hidden_states)
+        if s.editing:  # the unconditional branch is never fused: SDPA; explicit maps for [source, target] only
+            n = len(q) // 3
+            uncond = F.scaled_dot_product_attention(q[:n], k[:n], v[:n])
+            q, k, v = q[n:], k[n:], v[n:]
         probs = (q.float() @ k.float().transpose(-1, -2) * attn.scale).softmax(-1).to(q.dtype)
         if not s.editing:  # inversion: the source branch alone
             self._record("invert", "source", probs)
@@ -118,8 +121,7 @@ class FusionProcessor:
                 s.blend_sum = words.sum(1).view(s.frames, h, w) + (0 if s.blend_sum is None else s.blend_sum)
                 s.blend_count += probs.shape[1]
         else:
-            branches = list(probs.chunk(3))
-            src, tgt = branches[SOURCE], branches[TARGET]
+            src, tgt = probs.chunk(2)
             self._record("edit", "source", src)
             self._record("edit", "target_own", tgt)
             if cross and s.cross_replace:
@@ -132,9 +134,9 @@ class FusionProcessor:
                 mask = s.mask(tokens)
                 tgt = src if mask is None else mask * tgt + (1 - mask) * src
             self._record("edit", "target", tgt)
-            branches[TARGET] = tgt.to(probs.dtype)
-            probs = torch.cat(branches)
-        return injection.attention_output(attn, probs @ v, hidden_states)
+            probs = torch.cat([src, tgt.to(probs.dtype)])
+        out = probs @ v
+        return injection.attention_output(attn, torch.cat([uncond, out]) if s.editing else out, hidden_states)
 
 
 def layer_tokens(name: str, latent_hw: tuple[int, int], levels: int) -> int:

@@ -15,7 +15,7 @@ from hydra.errors import InstantiationException
 from omegaconf import OmegaConf
 
 import run
-from baselines import components, fatezero, p2p, resize
+from baselines import components, fatezero, injection, p2p, resize
 from harness.results import RunDir
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -255,6 +255,57 @@ def test_self_attention_replacement_gives_the_edit_branch_the_blended_source_map
     for (phase, t, name, branch), tgt in off.record.items():
         if phase == "edit" and branch == "target" and name.endswith("attn1"):
             assert torch.equal(tgt, off.record[(phase, t, name, "target_own")])
+
+
+@torch.no_grad()
+def test_without_fusion_the_edit_is_plain_cfg_sampling_from_the_inversion(sample_track):
+    """cross_replace = self_replace = 0: the source branch must not reach the other two, so the edit equals CFG
+    sampling with only [uncond, target] in the batch (same sparse-causal UNet) from the same inverted x_T."""
+    method = _method("method.cross_replace=0", "method.self_replace=0")
+    sample = _sample(sample_track, frames=3)
+    edit = method.edit(sample, 0)
+    m, T = method.m, sample.num_frames
+    frames = resize.to_working_crop(sample.source, method.size, "cpu")
+    gen = torch.Generator().manual_seed(0)
+    x0 = m.vae.encode(frames).latent_dist.sample(gen) * m.vae.config.scaling_factor
+    state = fatezero.FusionState(frames=T, sparse_frame=(T - 1) // 2, max_tokens=method.max_tokens,
+                                 latent_hw=tuple(x0.shape[-2:]))
+    restore = fatezero.install(m.unet, state, method.sparse_min_channels)
+    try:
+        traj = method.invert(x0, method._text(SWAP[0]), state)
+        text = torch.cat([method._text("").expand(T, -1, -1), method._text(SWAP[1]).expand(T, -1, -1)])
+        m.scheduler.set_timesteps(method.steps)
+        x = traj.at(m.scheduler.timesteps[0])
+        for t in m.scheduler.timesteps:
+            uncond, cond = m.unet(torch.cat([x, x]), t, encoder_hidden_states=text).sample.chunk(2)
+            x = m.scheduler.step(uncond + method.guidance_scale * (cond - uncond), t, x).prev_sample
+    finally:
+        restore()
+    expected = resize.to_benchmark(m.vae.decode(x / m.vae.config.scaling_factor).sample, *sample.size)
+    assert np.abs(edit.frames.astype(int) - expected).max() <= 1
+
+
+@torch.no_grad()
+def test_fused_self_attention_is_the_source_map_applied_to_the_edits_own_values():
+    """One fused self-attention call, 3 branches × 2 frames, no blend words: unconditional and source outputs are
+    plain sparse-causal attention (keys/values of frame 1 of their branch); the target's output is the source's
+    probabilities times the target's own values, as FateZero's `_attention` does after the controller."""
+    method = _method()
+    unet = method.m.unet
+    attn = unet.get_submodule("down_blocks.1.attentions.0.transformer_blocks.0.attn1")  # 16 wide, 4² queries
+    x = torch.randn(6, 16, 16, generator=torch.Generator().manual_seed(0))
+    state = fatezero.FusionState(frames=2, sparse_frame=1, max_tokens=16, latent_hw=(8, 8), editing=True,
+                                 self_replace=True)
+    restore = fatezero.install(unet, state, method.sparse_min_channels)
+    try:
+        out = attn(x)
+    finally:
+        restore()
+    q, k, v = injection.attention_heads(attn, x)
+    k, v = (torch.cat([y[[2 * b + 1, 2 * b + 1]] for b in range(3)]) for y in (k, v))  # frame 1 of each branch
+    probs = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1)
+    probs[4:6] = probs[2:4]
+    torch.testing.assert_close(out, injection.attention_output(attn, probs @ v, x), rtol=1e-5, atol=1e-6)
 
 
 @torch.no_grad()
