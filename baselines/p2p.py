@@ -33,7 +33,7 @@ def word_tokens(prompt: str, tokenizer) -> list[list[int]]:
     out: list[list[int]] = [[] for _ in words]
     length, w = 0, 0
     for i, tok in enumerate(decoded):
-        if w >= len(words):
+        if w >= len(words) or i + 1 >= MAX_TOKENS:  # words past the text encoder's 77 tokens are cut off
             break
         out[w].append(i + 1)
         length += len(tok)
@@ -114,7 +114,7 @@ def refinement_mapper(source: str, target: str, tokenizer) -> tuple[torch.Tensor
     """(mapper, alphas), each of 77: target position p takes source position mapper[p] where alphas[p] = 1, its own
     attention where alphas[p] = 0 (an inserted token); positions past the target's tokens map to the source's
     padding (`get_mapper`)."""
-    x, y = tokenizer.encode(source), tokenizer.encode(target)
+    x, y = tokenizer.encode(source)[:MAX_TOKENS], tokenizer.encode(target)[:MAX_TOKENS]  # what the encoder sees
     aligned = _global_align(x, y)
     mapper = torch.zeros(MAX_TOKENS, dtype=torch.int64)
     alphas = torch.ones(MAX_TOKENS)

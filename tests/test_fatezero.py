@@ -135,6 +135,17 @@ def test_refinement_aligns_tokens_and_leaves_inserted_words_their_own_attention(
     assert mapper[:6].tolist() == [0, 1, -1, -1, 3, 4] and alphas[:6].tolist() == [1, 1, 0, 0, 1, 1]
 
 
+def test_prompts_longer_than_the_text_encoder_are_cut_like_it():
+    """Words past position 76 have no attention column: they get no tokens, and the mappers stay 77 wide."""
+    long = " ".join(["word"] * 100)
+    tokens = p2p.word_tokens(long + " dog", TOK)
+    assert tokens[75] == [76] and tokens[76:] == [[]] * 25
+    m = p2p.replacement_mapper(long + " dog", long + " squirrel", TOK)
+    assert m.shape == (77, 77) and torch.equal(m, torch.eye(77))  # the swap is past the cut: nothing to map
+    mapper, alphas = p2p.refinement_mapper(long, "a " + long, TOK)
+    assert mapper.max() < 77 and mapper[:3].tolist() == [0, -1, 1] and alphas[1] == 0
+
+
 def test_replace_and_self_steps_follow_the_public_fractions():
     assert p2p.cross_replace_steps(0.8, 50) == 40 and p2p.self_replace_steps(0.6, 50) == 30
     assert p2p.cross_replace_steps(1.0, 4) == 5 and p2p.self_replace_steps(1.0, 4) == 4
