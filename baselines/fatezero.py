@@ -159,6 +159,9 @@ def install(unet: torch.nn.Module, state: FusionState, sparse_min_channels: int)
     controlled = [n for n, m in attns if m.is_cross_attention and layer_tokens(n, state.latent_hw, levels) <= state.max_tokens]
     blend = ([n for n in controlled if n.startswith("down_blocks.")][BLEND_DOWN]
              + [n for n in controlled if n.startswith("up_blocks.")][BLEND_UP])
+    if state.blend_tokens and not blend:
+        raise ValueError(f"no cross-attention layers to take the blend mask from at latent size {state.latent_hw} with "
+                         f"attention_max_tokens={state.max_tokens}: raise the threshold or the working size")
     procs = dict(before)
     for n, m in attns:
         procs[n + ".processor"] = FusionProcessor(state, n, sparse=m.query_dim >= sparse_min_channels, blend=n in blend)

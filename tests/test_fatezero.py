@@ -366,6 +366,8 @@ def test_squash_mode_sees_the_whole_frame(sample_track):
     assert np.abs(crop.frames.astype(float) - squash.frames).mean() > 1
     with pytest.raises(InstantiationException, match="crop_mode must be one of"):
         _method("method.crop_mode=pad")
+    with pytest.raises(ValueError, match="blend mask"):  # a threshold below every 2² level: no blend layers
+        _method("models.sd14.overrides.attention_max_tokens=1").edit(sample, 0)
 
 
 def test_missing_real_weights_name_the_repository():
