@@ -119,9 +119,10 @@ def with_overrides(backbone: Any, **settings: Any) -> tuple[dict[str, Any], list
 
 
 def model_folder(cfg: Any, subfolders: list[str]) -> Path:
-    """The folder holding the model of `cfg` (a `models.<key>` config): real weights, or a tiny build."""
+    """The folder holding the model of `cfg` (a `models.<key>` config): real weights, or the tiny build of its `kind`."""
     if cfg.get("tiny", False):
-        return cached(cache_key("tiny-folder", cfg.kind, cfg.seed), lambda: _build_tiny(cfg.kind, int(cfg.seed)))
+        build = TINY_BUILDS.get(cfg.kind, lambda seed: _build_tiny(cfg.kind, seed))
+        return cached(cache_key("tiny-folder", cfg.kind, cfg.seed), lambda: build(int(cfg.seed)))
     patterns = ["model_index.json", *[f"{s}/*" for s in subfolders]]
     return local_model_dir(cfg.repo, cfg.get("revision"), cfg.get("root"), allow_patterns=patterns)
 
@@ -224,19 +225,27 @@ def load_sd2_depth(cfg: Any, device: str, dtype: torch.dtype) -> SimpleNamespace
 TINY_ZOE_SIZE = 64  # the tiny ZoeDepth's input side (the real processor's is 384×512)
 
 
+def _tiny_sd1_unet(channels: tuple[int, ...]):
+    """A tiny random-weight UNet with the SD 1.x layout (SD 1.4 and 1.5 share it: no linear projection, the same
+    heads at every level, three cross-attention levels and a plain one at the bottom)."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(sample_size=8, block_out_channels=channels, layers_per_block=2, norm_num_groups=4,
+                                cross_attention_dim=TINY_CONTEXT, attention_head_dim=2,
+                                down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                                up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
+
+
 def _build_tiny_sd15_controlnet_depth(seed: int) -> Path:
     """A tiny random-weight SD 1.5 folder (SD 1.5's UNet layout: no linear projection, 8 heads) with a `controlnet`
     (ControlNetModel.from_unet of that UNet, RGB condition) and a `depth` ZoeDepth (tiny BEiT backbone) beside it."""
-    from diffusers import ControlNetModel, UNet2DConditionModel
+    from diffusers import ControlNetModel
     from transformers import BeitConfig, ZoeDepthConfig, ZoeDepthForDepthEstimation, ZoeDepthImageProcessor
 
     folder = Path(tempfile.mkdtemp(prefix="tiny-sd15-controlnet-depth-"))
     torch.manual_seed(seed)
     _tiny_sd_base(folder)
-    unet = UNet2DConditionModel(sample_size=8, block_out_channels=TINY_CHANNELS, layers_per_block=2, norm_num_groups=4,
-                                cross_attention_dim=TINY_CONTEXT, attention_head_dim=2,
-                                down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-                                up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
+    unet = _tiny_sd1_unet(TINY_CHANNELS)
     unet.save_pretrained(folder / "unet")
     controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(4, 8, 8, 16))
     with torch.no_grad():  # from_unet zero-initializes the residual outputs: random ones make ControlNet testable
@@ -328,23 +337,36 @@ def load_zeroscope(cfg: Any, device: str) -> SimpleNamespace:
     from diffusers import AutoencoderKL, DDIMScheduler, UNet3DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    classes = dict(zip(ZEROSCOPE_PARTS, (UNet3DConditionModel, AutoencoderKL, CLIPTextModel, CLIPTokenizer, DDIMScheduler)))
+    classes = (UNet3DConditionModel, AutoencoderKL, CLIPTextModel, CLIPTokenizer, DDIMScheduler)
+    return load(cfg, dict(zip(ZEROSCOPE_PARTS, classes)), device)
 
-    def factory() -> SimpleNamespace:
-        if cfg.get("tiny", False):
-            folder = cached(cache_key("tiny-folder", "zeroscope", cfg.seed), lambda: _build_tiny_zeroscope(int(cfg.seed)))
-        else:
-            folder = local_model_dir(cfg.repo, cfg.get("revision"), cfg.get("root"),
-                                     allow_patterns=["model_index.json", *[f"{s}/*" for s in ZEROSCOPE_PARTS]])
-        parts = {}
-        for sub, cls in classes.items():
-            if issubclass(cls, torch.nn.Module):
-                m = cls.from_pretrained(folder, subfolder=sub, torch_dtype=dtype_for(device))
-                parts[sub] = m.to(device).eval().requires_grad_(False)
-            else:
-                parts[sub] = cls.from_pretrained(folder, subfolder=sub)
-        revision = None if cfg.get("tiny", False) else snapshot_id(folder)
-        return SimpleNamespace(**parts, folder=folder, weights_revision=revision)
 
-    return cached(cache_key("components", "zeroscope", cfg, device), factory)
-# --- end ZeroScope ----------------------------------------------------------------------------------------------
+# --- Stable Diffusion 1.4 (FateZero, baselines/fatezero.py) ---------------------------------------------------
+SD14_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+TINY_SD14_CHANNELS = (8, 16, 32, 32)  # SD 1.4's (320, 640, 1280, 1280) / 40: the same width steps between levels
+
+
+def _build_tiny_sd14(seed: int) -> Path:
+    """A tiny random-weight folder laid out like `CompVis/stable-diffusion-v1-4` (the SD 1.x UNet of `_tiny_sd1_unet`
+    with SD 1.4's width ratios between levels, so width-based settings scale with one factor)."""
+    folder = Path(tempfile.mkdtemp(prefix="tiny-sd14-"))
+    torch.manual_seed(seed)
+    _tiny_sd_base(folder)
+    _tiny_sd1_unet(TINY_SD14_CHANNELS).save_pretrained(folder / "unet")
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline",
+                                                         "_tiny_random_weights": True}))
+    return folder
+
+
+def load_sd14(cfg: Any, device: str) -> SimpleNamespace:
+    """SD 1.4's components (`SD14_PARTS`) for a `models.sd14` config: real weights from the hub cache or `root` at the
+    pinned revision, or the tiny build; half precision on CUDA."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    classes = (UNet2DConditionModel, AutoencoderKL, CLIPTextModel, CLIPTokenizer, DDIMScheduler)
+    return load(cfg, dict(zip(SD14_PARTS, classes)), device)
+
+
+# tiny builds of a `kind` written by a function of its own (the others: `_build_tiny`)
+TINY_BUILDS = {"zeroscope": _build_tiny_zeroscope, "sd14": _build_tiny_sd14}

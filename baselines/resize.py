@@ -25,6 +25,18 @@ def to_working(frames: np.ndarray, height: int, width: int, device, dtype=torch.
     return x.to(device=device, dtype=dtype)
 
 
+def to_working_crop(frames: np.ndarray, side: int, device, dtype=torch.float32) -> torch.Tensor:
+    """uint8 T×H×W×3 → float T×3×side×side in [-1, 1]: the short side scaled to `side`, then the centre square
+    (FateZero's loader: `short_size_scale`, antialiased bilinear, then `center_crop`). `to_benchmark` then
+    stretches the result to the clip's size."""
+    h, w = frames.shape[-3:-1]
+    scale = side / min(h, w)
+    height, width = (side, int(w * scale)) if h < w else (int(h * scale), side)  # int(): the loader truncates
+    x = to_working(frames, height, width, device, dtype)
+    top, left = (height - side) // 2, (width - side) // 2
+    return x[..., top:top + side, left:left + side]
+
+
 def to_benchmark(video: torch.Tensor, height: int, width: int) -> np.ndarray:
     """float T×3×h×w in [-1, 1] → uint8 T×height×width×3 at the benchmark's size."""
     x = video.float().cpu()
