@@ -249,3 +249,40 @@ def test_tiny_xt_and_animatelcm_round_trip_through_the_real_loaders(compose, tmp
         np.testing.assert_allclose(schedule(got.new_scheduler(), 4), schedule(unet.new_scheduler(), 4))
     assert got.weights_revision.endswith("AnimateLCM-SVD-xt/AnimateLCM-SVD-xt-1.1.safetensors")
     assert not torch.equal(xt.unet.conv_in.weight, lcm.unet.conv_in.weight)
+
+
+def test_seam_pairs_start_at_the_shared_frames():
+    from metrics.seams import seam_pairs, seam_scores
+
+    assert np.flatnonzero(seam_pairs(40, 14)).tolist() == [13, 26]
+    assert np.flatnonzero(seam_pairs(50, 25)).tolist() == [24, 48] and not seam_pairs(14, 14).any()
+    assert seam_scores("flow", np.ones(13), 14) == {} and seam_scores("flow", np.ones(39), None) == {}
+
+
+@pytest.mark.slow
+def test_metrics_on_forty_frames_and_the_seam_diagnostic(compose, long_sample):
+    """CLIP_TC and flow over all 39 pairs equal the pair-weighted means over the three blocks' pairs; a jump at
+    the seams shows in the seam columns; FVD's feature of a long clip is the mean of its 16-frame windows."""
+    from metrics.fvd import windows
+
+    cfg = compose("metrics=paper", "models.flow.kind=dis")
+    clip, flow, fvd = (instantiate(cfg.metrics[k]) for k in ("clip", "flow", "fvd"))
+    src = long_sample.source
+    jump = src.copy()  # every block after the first shifted by 8 more pixels: motion only across the seams
+    jump[14:] = np.roll(src[14:], 8, axis=2)
+    jump[27:] = np.roll(src[27:], 16, axis=2)
+    plain = dataclasses.replace(long_sample, mask=None)
+    for m, name in ((clip, "clip_tc"), (flow, "flow")):
+        whole = m.score(plain, jump)
+        chunks = [m.score(dataclasses.replace(plain, source=src[s:s + 14]), jump[s:s + 14])[name] for s in (0, 13, 26)]
+        assert whole[name] == pytest.approx(np.mean(chunks), rel=1e-5, abs=1e-6)  # 13 pairs in each block
+        assert whole[name] == pytest.approx((2 * whole[f"{name}_seam"] + 37 * whole[f"{name}_inner"]) / 39, rel=1e-5)
+    jumped = flow.score(plain, jump)
+    # the 8-pixel jumps (4 px at the 128×224 flow size) at the seams, nowhere else
+    assert jumped["flow_seam"] == pytest.approx(4.0, abs=0.5) and jumped["seam_flow_ratio"] > 10, jumped
+    assert clip.score(plain, jump)["seam_clip_tc_ratio"] <= 1.0
+    assert windows(40, 16) == [0, 16, 24] and windows(32, 16) == [0, 16] and windows(14, 16) == [0]
+    fvd.window = None
+    parts = [fvd.embed(src[s:s + 16]) for s in (0, 16, 24)]
+    fvd.window = 16
+    np.testing.assert_allclose(fvd.embed(src), np.mean(parts, axis=0), rtol=1e-5, atol=1e-6)
