@@ -286,3 +286,25 @@ def test_metrics_on_forty_frames_and_the_seam_diagnostic(compose, long_sample):
     parts = [fvd.embed(src[s:s + 16]) for s in (0, 16, 24)]
     fvd.window = 16
     np.testing.assert_allclose(fvd.embed(src), np.mean(parts, axis=0), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_svd_xt_length_runs_videoshop_and_svd_no_src_at_25_frames(compose, long_sample):
+    """models=tiny_xt (SVD-xt's 25 frames): svd_no_src equals StableVideoDiffusionPipeline at 25 frames and
+    Videoshop edits a 25-frame clip (the release's 26 UNet calls); 14 frames are refused."""
+    import PIL.Image
+
+    from videoshop.svd import resize_frames
+
+    sample = dataclasses.replace(long_sample, source=long_sample.source[:25].copy(), truth=None)
+    m = instantiate(compose("models=tiny_xt", "method=svd_no_src", "method.steps=3").method)
+    image = resize_frames(sample.edited_frame[None], m.size)[0]
+    ref = m.svd.pipeline(counted=False)(PIL.Image.fromarray(image), height=m.size[0], width=m.size[1], num_frames=25,
+                                        num_inference_steps=3, generator=torch.Generator().manual_seed(3),
+                                        output_type="latent").frames
+    torch.testing.assert_close(m.latents(image, 25, seed=3), ref, rtol=1e-4, atol=1e-4)
+    v = instantiate(compose("models=tiny_xt", "method=videoshop").method)
+    out = v.edit(sample, 42)
+    assert out.frames.shape == sample.source.shape and out.nfe == 26
+    with pytest.raises(ValueError, match="14 frames but the SVD backbone is set for 25"):
+        v.edit(dataclasses.replace(sample, source=sample.source[:14]), 42)
