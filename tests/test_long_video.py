@@ -308,3 +308,22 @@ def test_svd_xt_length_runs_videoshop_and_svd_no_src_at_25_frames(compose, long_
     assert out.frames.shape == sample.source.shape and out.nfe == 26
     with pytest.raises(ValueError, match="14 frames but the SVD backbone is set for 25"):
         v.edit(dataclasses.replace(sample, source=sample.source[:14]), 42)
+
+
+def test_hdvila_builder_keeps_the_first_or_every_frame_of_the_span(tmp_path):
+    """Span 1.0..4.0 s of a 10 fps clip whose frame i is grey level 4·i: frames 10..40 (31 frames)."""
+    from data.hdvila import HDVILAExpert
+    from data.video_io import write_video_viewable
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    write_video_viewable(raw / "a.mp4", np.stack([np.full((90, 120, 3), 4 * i, np.uint8) for i in range(50)]), 10)
+    write_image(raw / "a_edit.png", np.zeros((90, 120, 3), np.uint8))
+    (raw / "m.csv").write_text("clip_id,video,start,end,edited,instruction\na,a.mp4,1.0,4.0,a_edit.png,make it grey\n")
+    for kw, frames in (({"num_frames": 20, "frame_pick": "first"}, np.arange(10, 30)),
+                       ({"num_frames": None}, np.arange(10, 41))):
+        data = tmp_path / f"data_{len(frames)}"
+        ds = HDVILAExpert(data, manifest=str(raw / "m.csv"), size=(36, 64), **kw)
+        assert ds.ids() == ["a"]  # built on first use
+        grey = ds.load("a").source[:, 18, 32, 0].astype(int)
+        np.testing.assert_allclose(grey, 4 * frames, atol=3)
