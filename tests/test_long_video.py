@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 import run  # noqa: F401  (registers the config resolvers)
 from data import sample_track as st
 from data.folder import FolderDataset
-from data.video_io import evenly_spaced, write_image, write_video_lossless
+from data.video_io import evenly_spaced, write_image
 from harness.method import Phases
 from tests.conftest import REPO
 from videoshop import pipeline as vs_pipeline
