@@ -249,6 +249,14 @@ def test_tiny_xt_and_animatelcm_round_trip_through_the_real_loaders(compose, tmp
         np.testing.assert_allclose(schedule(got.new_scheduler(), 4), schedule(unet.new_scheduler(), 4))
     assert got.weights_revision.endswith("AnimateLCM-SVD-xt/AnimateLCM-SVD-xt-1.1.safetensors")
     assert not torch.equal(xt.unet.conv_in.weight, lcm.unet.conv_in.weight)
+    from safetensors.torch import load_file, save_file
+
+    path = root / "AnimateLCM-SVD-xt" / "AnimateLCM-SVD-xt-1.1.safetensors"
+    weights = load_file(str(path))
+    weights.pop("conv_in.weight")
+    save_file(weights, str(path))
+    with pytest.raises(ValueError, match="(?s)AnimateLCM-SVD-xt-1.1.safetensors: not a state dict .*conv_in.weight"):
+        load_svd({**entry, "seed": "another cache key"}, "cpu")
 
 
 def test_seam_pairs_start_at_the_shared_frames():

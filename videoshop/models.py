@@ -172,7 +172,11 @@ def _unet_file(unet: UNetSpatioTemporalConditionModel, spec: dict[str, Any]) -> 
 
     folder = local_model_dir(spec["repo_id"], spec.get("revision"), spec.get("root"), allow_patterns=[spec["file"]],
                              markers=(spec["file"],))
-    unet.load_state_dict(load_file(str(folder / spec["file"])), strict=True)
+    path = folder / spec["file"]
+    try:
+        unet.load_state_dict(load_file(str(path)), strict=True)
+    except RuntimeError as e:  # missing, unexpected or mis-shaped keys
+        raise ValueError(f"{path}: not a state dict of this UNetSpatioTemporalConditionModel config: {e}") from e
     return f"{snapshot_id(folder)}/{spec['file']}"
 
 
@@ -192,10 +196,13 @@ def _real(entry: dict[str, Any], dtype: torch.dtype) -> dict[str, Any]:
                              allow_patterns=entry.get("allow_patterns"), markers=("model_index.json",))
     variant = entry.get("variant") if dtype == torch.float16 else None
     kw = dict(torch_dtype=dtype)
-    unet = UNetSpatioTemporalConditionModel.from_pretrained(folder, subfolder="unet", variant=variant, **kw)
     revision = snapshot_id(folder)
-    if entry.get("unet_weights"):
+    if entry.get("unet_weights"):  # the repo's UNet config, every weight from the file (the repo's are never read)
+        config = UNetSpatioTemporalConditionModel.load_config(folder, subfolder="unet")
+        unet = UNetSpatioTemporalConditionModel.from_config(config).to(dtype)
         revision = f"{revision} + unet {_unet_file(unet, entry['unet_weights'])}"
+    else:
+        unet = UNetSpatioTemporalConditionModel.from_pretrained(folder, subfolder="unet", variant=variant, **kw)
     return dict(
         unet=unet,
         vae=AutoencoderKLTemporalDecoder.from_pretrained(folder, subfolder="vae", variant=variant, **kw),
