@@ -62,7 +62,7 @@ class Videoshop(EditMethod):
     @torch.no_grad()
     def edit(self, sample: EditSample, seed: int) -> EditedVideo:
         if self.long_video is None:
-            svd.check_num_frames(self.name, sample, self.num_frames)
+            svd.check_num_frames(self.name, sample, self.num_frames, ", or edit it in blocks (method.long_video=blocks)")
         elif sample.num_frames < 2:
             raise ValueError(f"{self.name}: sample {sample.id} has {sample.num_frames} frame(s); block editing needs at least 2")
         c = self.svd
