@@ -26,7 +26,7 @@ import numpy as np
 
 from data.base import EditDataset
 from data.schema import SchemaError, check_meta
-from data.video_io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, MediaError, evenly_spaced, read_image, read_video
+from data.video_io import IMAGE_SUFFIXES, PICKS, VIDEO_SUFFIXES, MediaError, evenly_spaced, read_image, read_video
 from harness.files import clean_stale_temps, write_json
 from harness.names import case_collisions, is_inside, name_problem
 from harness.types import EditSample, GroundTruth, SampleError
@@ -85,12 +85,18 @@ def read_meta(sid: str, path: Path) -> dict:
 class FolderDataset(EditDataset):
     """Reads samples laid out as in this module's docstring; validates every file it reads."""
 
-    def __init__(self, root: str | Path, name: str = "folder", num_frames: int = 14, **kw):
+    def __init__(self, root: str | Path, name: str = "folder", num_frames: int | None = 14, frame_pick: str = "even",
+                 **kw):
         super().__init__(name, **kw)
         if root is None:
             raise ValueError("dataset=folder needs dataset.root=DIR (a folder laid out as in the README)")
+        if num_frames is not None and (not isinstance(num_frames, int) or isinstance(num_frames, bool) or num_frames < 1):
+            raise ValueError(f"dataset.num_frames must be a positive integer or null (every frame), got {num_frames!r}")
+        if frame_pick not in PICKS:
+            raise ValueError(f"dataset.frame_pick must be one of {', '.join(PICKS)}, got {frame_pick!r}")
         self.root = Path(root)
-        self.num_frames = num_frames
+        #: frames kept per clip (None: all of them), and how: evenly spaced over the clip or the first ones
+        self.num_frames, self.frame_pick = num_frames, frame_pick
         #: Sample folders left out of `all_ids` because their name cannot be a folder of the results: name -> why.
         self.unlisted: dict[str, str] = {}
         self._case_twins: dict[str, str] | None = None
@@ -135,8 +141,8 @@ class FolderDataset(EditDataset):
         src_path = _find(d, "source", VIDEO_SUFFIXES, folder_ok=True)
         if src_path is None:
             raise SampleError(sid, d / "source.mp4", "missing source video (source.mp4/.mkv/.gif/... or source/ frames)")
-        source = read_video(src_path, self.num_frames)
-        if len(source) < self.num_frames:
+        source = read_video(src_path, self.num_frames, self.frame_pick)
+        if self.num_frames is not None and len(source) < self.num_frames:
             raise SampleError(sid, src_path, f"has {len(source)} frames, needs at least {self.num_frames}")
 
         edit_path = _find(d, "edited", IMAGE_SUFFIXES)

@@ -255,11 +255,16 @@ class HDVILAExpert(BuiltDataset):
         if not video_path.exists():
             raise SampleError(sid, video_path, f"missing video file (download it first; url: {row.get('url') or '?'})")
         _regular_file(sid, video_path)
-        if idx is not None and len(idx) != self.num_frames:
+        if idx is not None and self.num_frames is not None and len(idx) != self.num_frames:
             raise SampleError(sid, video_path, f"frames {idx} must be {self.num_frames} indices within the span")
-        pick = {"indices": idx} if idx is not None else {"num_frames": self.num_frames}
+        if idx is not None:
+            pick = {"indices": idx}
+        elif self.num_frames is None:
+            pick = {}  # every frame of the span
+        else:
+            pick = {"first" if self.frame_pick == "first" else "num_frames": self.num_frames}
         raw, _ = _media(sid, video_path, decode_video, start, end, **pick)
-        if len(raw) < self.num_frames:
+        if self.num_frames is not None and len(raw) < self.num_frames:
             raise SampleError(sid, video_path, f"span has {len(raw)} frames, needs at least {self.num_frames}")
         h, w = raw.shape[1:3]
         box = center_crop_box(h, w)
@@ -293,7 +298,9 @@ class HDVILAExpert(BuiltDataset):
             "source_prompt": row.get("source_prompt") or None, "target_prompt": row.get("target_prompt") or None,
             "fps": self.fps,
             "provenance": {"manifest": str(self.manifest), "video": str(video_path), "url": row.get("url"),
-                           "start": start, "end": end, "frames": idx, "crop_box": list(box)},
+                           "start": start, "end": end, "frames": idx, "num_frames": len(video),
+                           "frame_pick": None if idx is not None or self.num_frames is None else self.frame_pick,
+                           "crop_box": list(box)},
         })
 
 

@@ -246,8 +246,9 @@ class Rendered:
     soft: np.ndarray  # bool T×H×W: pixel on a soft (partially covered) sprite edge
 
 
-def _timeline() -> np.ndarray:
-    return np.linspace(0.0, 1.0, FRAMES)
+def _timeline(frames: int = FRAMES) -> np.ndarray:
+    """Each frame's time in [0, 1]: a clip of any length follows the same motion, sampled at `frames` instants."""
+    return np.linspace(0.0, 1.0, frames)
 
 
 def _world(clip: Clip) -> np.ndarray:
@@ -267,13 +268,13 @@ def _rescale(img: np.ndarray, scale: float) -> np.ndarray:
     return F.interpolate(t, size=size, mode="bicubic", antialias=True, align_corners=False)[0].numpy().transpose(1, 2, 0)
 
 
-def _camera_maps(clip: Clip) -> np.ndarray:
+def _camera_maps(clip: Clip, frames: int = FRAMES) -> np.ndarray:
     """T×3×3 world → frame matrices."""
-    return np.stack([_camera(_lerp(clip.camera_start, clip.camera_end, s)) for s in _timeline()])
+    return np.stack([_camera(_lerp(clip.camera_start, clip.camera_end, s)) for s in _timeline(frames)])
 
 
-def render(clip: Clip, layers: list[Layer], world: np.ndarray) -> Rendered:
-    cams = _camera_maps(clip)
+def render(clip: Clip, layers: list[Layer], world: np.ndarray, frames: int = FRAMES) -> Rendered:
+    cams = _camera_maps(clip, frames)
     tex = torch.from_numpy(np.ascontiguousarray(world.transpose(2, 0, 1)))
     h, w = world.shape[:2]
     corners = np.array([[0, 0, 1], [WIDTH, 0, 1], [0, HEIGHT, 1], [WIDTH, HEIGHT, 1]], np.float64).T
@@ -286,7 +287,7 @@ def render(clip: Clip, layers: list[Layer], world: np.ndarray) -> Rendered:
     for layer in layers:
         rgba = torch.from_numpy(np.ascontiguousarray(layer.rgba.transpose(2, 0, 1)))
         premult = torch.cat([rgba[:3] * rgba[3:], rgba[3:]])
-        maps = np.stack([cams[i] @ _sprite_to_world(layer, layer.rgba, s) for i, s in enumerate(_timeline())])
+        maps = np.stack([cams[i] @ _sprite_to_world(layer, layer.rgba, s) for i, s in enumerate(_timeline(frames))])
         sp = _sample(premult, np.linalg.inv(maps), "zeros")
         alpha = sp[:, 3].clamp(0, 1)
         image = image * (1 - alpha[:, None]) + sp[:, :3]
@@ -298,8 +299,8 @@ def render(clip: Clip, layers: list[Layer], world: np.ndarray) -> Rendered:
         for j in range(i + 1, len(layers)):
             v = v * (1 - coverage[j])
         visible[layer.name] = v.numpy()
-    top = -np.ones((FRAMES, HEIGHT, WIDTH), np.int64)
-    soft = np.zeros((FRAMES, HEIGHT, WIDTH), bool)
+    top = -np.ones((frames, HEIGHT, WIDTH), np.int64)
+    soft = np.zeros((frames, HEIGHT, WIDTH), bool)
     for i, a in enumerate(coverage):
         a = a.numpy()
         top[a > 0.5] = i
@@ -315,13 +316,14 @@ def ground_truth_flow(clip: Clip, layers: list[Layer], rendered: Rendered) -> tu
     It is valid when it is not on a soft sprite edge, lands inside frame t+1 and is not covered there by a
     different layer.
     """
-    cams = _camera_maps(clip)
-    ts = _timeline()
+    frames = len(rendered.frames)
+    cams = _camera_maps(clip, frames)
+    ts = _timeline(frames)
     ys, xs = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float64) + 0.5
     pix = np.stack([xs, ys, np.ones_like(xs)], -1)  # H×W×3
-    flows = np.zeros((FRAMES - 1, HEIGHT, WIDTH, 2), np.float32)
-    valid = np.zeros((FRAMES - 1, HEIGHT, WIDTH), bool)
-    for t in range(FRAMES - 1):
+    flows = np.zeros((frames - 1, HEIGHT, WIDTH, 2), np.float32)
+    valid = np.zeros((frames - 1, HEIGHT, WIDTH), bool)
+    for t in range(frames - 1):
         step = {-1: cams[t + 1] @ np.linalg.inv(cams[t])}
         for i, layer in enumerate(layers):
             a = cams[t] @ _sprite_to_world(layer, layer.rgba, ts[t])
@@ -369,13 +371,14 @@ def _edited_layers(clip: Clip) -> list[Layer]:
     return out
 
 
-def build_clip(clip: Clip) -> BuiltClip:
+def build_clip(clip: Clip, frames: int = FRAMES) -> BuiltClip:
+    """Render the clip and its edit at `frames` frames (the same motion, sampled more or less densely)."""
     world = _world(clip)
-    src = render(clip, clip.layers, world)
+    src = render(clip, clip.layers, world, frames)
     edited_layers = _edited_layers(clip)
-    tgt = render(clip, edited_layers, world)
+    tgt = render(clip, edited_layers, world, frames)
     name = clip.edit.layer
-    masks = np.zeros((FRAMES, HEIGHT, WIDTH), bool)
+    masks = np.zeros((frames, HEIGHT, WIDTH), bool)
     for r in (src, tgt):
         if name in r.visible:
             masks |= r.visible[name] > 0.5
@@ -513,8 +516,9 @@ def clips() -> list[Clip]:
 # Writing the track in the common layout (see README: "On-disk layout").
 
 
-def build(root: str | Path, only: list[str] | None = None) -> Path:
-    """Render every clip into `root` in the common layout. Idempotent: finished clips are skipped."""
+def build(root: str | Path, only: list[str] | None = None, num_frames: int = FRAMES) -> Path:
+    """Render every clip at `num_frames` frames into `root` in the common layout. Idempotent: finished clips are
+    skipped."""
     from data.video_io import write_image, write_video_lossless
 
     root = Path(root)
@@ -525,7 +529,7 @@ def build(root: str | Path, only: list[str] | None = None) -> Path:
         out = root / clip.id
         if (out / "meta.json").exists():
             continue
-        b = build_clip(clip)
+        b = build_clip(clip, num_frames)
         write_video_lossless(out / "source.mkv", b.source, FPS)
         write_image(out / "edited.png", b.target[0])
         write_image(out / "mask.png", (b.masks[0] * 255).astype(np.uint8))
@@ -543,21 +547,31 @@ def build(root: str | Path, only: list[str] | None = None) -> Path:
                 "provenance": {"builder": "data.sample_track", "version": TRACK_VERSION},
             },
         )
-    write_json(root / "dataset.json", {"name": "sample", "version": TRACK_VERSION, "num_frames": FRAMES, "size": [HEIGHT, WIDTH]})
+    write_json(root / "dataset.json", {"name": "sample", "version": TRACK_VERSION, "num_frames": num_frames, "size": [HEIGHT, WIDTH]})
     return root
 
 
-class SampleTrack(FolderDataset):
-    """`dataset=sample`: the embedded track, built into `data_dir/sample` on first use."""
+def folder_name(name: str, num_frames: int) -> str:
+    """The track's folder under data_dir: `name` at the default 14 frames, `<name>_<N>f` at any other length."""
+    return name if num_frames == FRAMES else f"{name}_{num_frames}f"
 
-    def __init__(self, data_dir: str | Path, name: str = "sample", **kw):
-        super().__init__(Path(data_dir) / name, name=name, num_frames=FRAMES, **kw)
+
+class SampleTrack(FolderDataset):
+    """`dataset=sample`: the embedded track at `num_frames` frames (any length ≥ 2: the same motions sampled at
+    that many instants, ground truth included), built into `data_dir/sample` (14 frames) or
+    `data_dir/sample_<N>f` on first use. Its clips are rendered at that length, never resampled."""
+
+    def __init__(self, data_dir: str | Path, name: str = "sample", num_frames: int = FRAMES, **kw):
+        num_frames = int(num_frames)
+        if num_frames < 2:
+            raise ValueError(f"dataset.num_frames must be at least 2 for the sample track, got {num_frames}")
+        super().__init__(Path(data_dir) / folder_name(name, num_frames), name=name, num_frames=num_frames, **kw)
         self._data_dir = data_dir
 
     def all_ids(self) -> list[str]:
         if [c.id for c in clips() if not (self.root / c.id / "meta.json").exists()]:
-            build(self.root)
+            build(self.root, num_frames=self.num_frames)
         return [c.id for c in clips()]
 
     def build(self, data_dir: str | Path) -> None:
-        build(Path(data_dir) / self.name)
+        build(Path(data_dir) / folder_name(self.name, self.num_frames), num_frames=self.num_frames)

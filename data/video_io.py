@@ -26,6 +26,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 # Frames a complete file may decode short of what its container declares before it counts as truncated: real
 # mp4s with edit lists or a dropped trailing B-frame decode a frame or two fewer than their stream's count.
 TRUNCATION_SLACK_FRAMES = 2
+#: How a loader keeps `num_frames` of a longer clip: evenly spaced over it (first and last included), or the first ones.
+PICKS = ("even", "first")
 
 
 class MediaError(ValueError):
@@ -56,25 +58,38 @@ def _check_regular_file(path: Path) -> None:
         raise MediaError(path, "empty file (0 bytes)")
 
 
-def read_video(path: str | os.PathLike, num_frames: int | None = None) -> np.ndarray:
+def read_video(path: str | os.PathLike, num_frames: int | None = None, pick: str = "even") -> np.ndarray:
     """uint8 T×H×W×3 frames of a video file or of a folder of image frames (truncation is an error).
 
-    Every frame, or with `num_frames` only the frames at `evenly_spaced(T, num_frames)` of its T frames (all T
-    when T ≤ num_frames, for the caller to judge): they are picked while streaming, so memory does not grow
-    with the clip's length, and they equal those of the whole clip resampled the same way, bit for bit.
+    Every frame, or with `num_frames` only the frames at `evenly_spaced(T, num_frames)` of its T frames
+    (`pick="even"`), or its first `num_frames` frames at the native rate (`pick="first"`); all T when
+    T ≤ num_frames, for the caller to judge. They are picked while streaming, so memory does not grow with the
+    clip's length, and they equal those of the whole clip selected the same way, bit for bit.
     """
+    if pick not in PICKS:
+        raise ValueError(f"frame pick must be one of {', '.join(PICKS)}, got {pick!r}")
     path = Path(path)
     if not path.exists():
         raise MediaError(path, "no such file or folder")
+    first = pick == "first" and num_frames is not None
     if path.is_dir():
-        return _read_frame_folder(path, num_frames)
+        return _read_frame_folder(path, num_frames, first)
     if path.suffix.lower() == ".gif":
-        video = _read_gif(path, num_frames)
+        video = _read_gif(path, num_frames, first)
+    elif first:
+        video, _ = decode_video(path, first=num_frames)
     else:
         video, _ = decode_video(path, num_frames=num_frames)
     if video.ndim != 4 or video.shape[-1] != 3 or video.shape[0] == 0:
         raise MediaError(path, f"decoded to shape {video.shape}, expected T×H×W×3")
     return video.astype(np.uint8, copy=False)
+
+
+def selected(count: int, num_frames: int | None, first: bool = False) -> np.ndarray:
+    """Indices of the frames kept of `count`: all (num_frames None), the first `num_frames`, or evenly spaced."""
+    if num_frames is None:
+        return np.arange(count)
+    return np.arange(min(count, num_frames)) if first else evenly_spaced(count, num_frames)
 
 
 def evenly_spaced(count: int, num_frames: int) -> np.ndarray:
@@ -84,7 +99,7 @@ def evenly_spaced(count: int, num_frames: int) -> np.ndarray:
     return np.round(np.linspace(0, count - 1, num_frames)).astype(int)
 
 
-def _read_frame_folder(path: Path, num_frames: int | None) -> np.ndarray:
+def _read_frame_folder(path: Path, num_frames: int | None, first: bool = False) -> np.ndarray:
     """The image frames of a folder, sorted by name; only the selected ones are decoded, every one is checked."""
     files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
@@ -92,8 +107,7 @@ def _read_frame_folder(path: Path, num_frames: int | None) -> np.ndarray:
     sizes = {_image_size(f) for f in files}  # headers only: a FIFO, a folder or a damaged frame fails here
     if len(sizes) != 1:
         raise MediaError(path, "frames differ in size")
-    if num_frames is not None:
-        files = [files[i] for i in evenly_spaced(len(files), num_frames)]
+    files = [files[i] for i in selected(len(files), num_frames, first)]
     return np.stack([read_image(f) for f in files])
 
 
@@ -107,24 +121,26 @@ def _image_size(path: Path) -> tuple[int, int]:
         raise MediaError(path, f"cannot decode image ({type(e).__name__}: {e})") from e
 
 
-def _read_gif(path: Path, num_frames: int | None) -> np.ndarray:
+def _read_gif(path: Path, num_frames: int | None, first: bool = False) -> np.ndarray:
     """The frames of a GIF as RGB, stepped through one at a time (imageio's Pillow plugin, as `iio.imread` reads it)."""
     _check_regular_file(path)
     try:  # a truncated gif fails inside the decoder
         with iio.imopen(path, "r", plugin="pillow") as gif:
             count = gif.properties(index=...).n_images
-            keep = range(count) if num_frames is None else evenly_spaced(count, num_frames)
+            keep = selected(count, num_frames, first)
             return np.stack([gif.read(index=int(i), mode="RGB") for i in keep])
     except Exception as e:
         raise MediaError(path, f"cannot decode video ({type(e).__name__}: {e})") from e
 
 
 def decode_video(path: str | os.PathLike, start: float | None = None, end: float | None = None,
-                 num_frames: int | None = None, indices: Sequence[int] | None = None) -> tuple[np.ndarray, float]:
+                 num_frames: int | None = None, indices: Sequence[int] | None = None,
+                 first: int | None = None) -> tuple[np.ndarray, float]:
     """Frames of the first video stream whose times (s, from the stream's start) fall in [start, end], and its rate.
 
     All of them; or with `indices`, those positions within the span (one outside it is an error); or with
-    `num_frames`, `evenly_spaced(N, num_frames)` of the span's N frames. A selection is converted to RGB while
+    `num_frames`, `evenly_spaced(N, num_frames)` of the span's N frames; or with `first`, the span's first `first`
+    frames (all N when fewer). A selection is converted to RGB while
     streaming, never holding the rest: the span's length is first counted from the container (its exact frame
     count, else its packets, demuxed without decoding), and when decoding finds another length the span is
     decoded once more with the right indices.
@@ -133,8 +149,8 @@ def decode_video(path: str | os.PathLike, start: float | None = None, end: float
     there are compared with the length the container declares (`declared_frames`): fewer means the file was
     cut short, reported as "truncated: decoded X of Y frames".
     """
-    if num_frames is not None and indices is not None:
-        raise ValueError("decode_video takes num_frames or indices, not both")
+    if sum(v is not None for v in (num_frames, indices, first)) > 1:
+        raise ValueError("decode_video takes one of num_frames, indices or first")
     path = Path(path)
     _check_regular_file(path)
     if indices is not None:
@@ -143,6 +159,9 @@ def decode_video(path: str | os.PathLike, start: float | None = None, end: float
         outside = [i for i in order if not 0 <= i < count]
         if outside:
             raise MediaError(path, f"frame indices {outside} lie outside the span's {count} frames")
+    elif first is not None:
+        frames, count, rate = _decode_span(path, start, end, set(range(first)))
+        order = range(min(first, count))
     elif num_frames is None:
         frames, count, rate = _decode_span(path, start, end, None)
         order = range(count)

@@ -20,6 +20,7 @@ from harness.metric import Column, VideoMetric
 from harness.types import EditSample
 from harness.weights import MissingWeights, hub_reachable
 from metrics.regions import TRACKER_COLUMN, SampleCache, blank, regions_for, usable_frames
+from metrics.seams import seam_columns, seam_scores
 from metrics.tensors import batches, model_dtype, resize, to_tensor
 
 
@@ -144,14 +145,17 @@ class CLIPScores(VideoMetric):
         "clip_tc": Column(percent=True, higher_is_better=True, group="temporal consistency"),
         "region_skipped": Column(percent=False, higher_is_better=False, group="regions"),
         **TRACKER_COLUMN,
+        **seam_columns("clip_tc", percent=True, higher_is_better=True),
     }
 
     def __init__(self, clip: dict, tracker: dict | None = None, fill: int = 127, min_region: float = 0.001,
-                 batch_size: int = 32, source_cache_mb: float | None = None, device: str = "cpu"):
+                 batch_size: int = 32, source_cache_mb: float | None = None, block_length: int | None = None,
+                 device: str = "cpu"):
         clip = dict(clip)
         self.tiny = bool(clip.get("tiny", False))
         self.embed = CLIPEmbedder(load_clip(**clip, device=device), device, batch_size)
         self.tracker, self.fill, self.min_region, self.device = tracker, fill, min_region, device
+        self.block_length = block_length  # seam diagnostic (metrics.seams) for clips longer than one block
         # source-side embeddings are the same for every method: kept for every source (a few kB each) unless bounded
         self._source = SampleCache(source_cache_mb)
 
@@ -159,10 +163,12 @@ class CLIPScores(VideoMetric):
         e_out = self.embed(edited)
         e_src = self._source.get(sample, "src", lambda: self.embed(sample.source))
         e_tgt = self._source.get(sample, "tgt", lambda: self.embed(sample.edited_frame[None]))
+        tc = (e_out[:-1] * e_out[1:]).sum(-1)  # every consecutive pair, whatever the clip's length
         scores = {
             "clip_tgt": float((e_out @ e_tgt.T).mean()),
             "clip_src": float((e_out * e_src).sum(-1).mean()),
-            "clip_tc": float((e_out[:-1] * e_out[1:]).sum(-1).mean()),
+            "clip_tc": float(tc.mean()),
+            **seam_scores("clip_tc", tc.cpu().numpy(), self.block_length),
         }
         if self.tracker is not None and sample.mask is not None:
             scores.update(self._plus(sample, edited, e_tgt))

@@ -29,6 +29,7 @@ from harness.types import EditSample
 from harness.weights import MissingWeights, hub_reachable
 from metrics.checkpoints import load_state_dict
 from metrics.regions import TRACKER_COLUMN, SampleCache, blank, regions_for, resize_masks, usable_frames
+from metrics.seams import seam_columns, seam_scores
 from metrics.tensors import batches, resize, to_tensor
 
 
@@ -118,25 +119,28 @@ PLUS_MODES = ("masked_epe", "blank_then_flow")
 
 
 class FlowError(VideoMetric):
-    """`flow`: mean EPE over all pixels; `flow_plus`: mean over usable pairs of the EPE averaged over the pixels
-    outside the tracked edited region; `flow_region_skipped`: pairs skipped for a lost or tiny region."""
+    """`flow`: mean EPE over all pixels and all T−1 consecutive pairs (any length); `flow_plus`: mean over usable
+    pairs of the EPE averaged over the pixels outside the tracked edited region; `flow_region_skipped`: pairs
+    skipped for a lost or tiny region; with `block_length`, the seam diagnostic (`metrics.seams`)."""
 
     columns = {
         "flow": Column(percent=False, higher_is_better=False, group="source faithfulness"),
         "flow_plus": Column(percent=False, higher_is_better=False, group="source faithfulness"),
         "flow_region_skipped": Column(percent=False, higher_is_better=False, group="regions"),
         **TRACKER_COLUMN,
+        **seam_columns("flow", percent=False, higher_is_better=False),
     }
 
     def __init__(self, estimator: dict, tracker: dict | None = None, size: tuple[int, int] = (320, 576),
                  plus_mode: str = "masked_epe", min_region: float = 0.001, fill: int = 127,
-                 source_cache_mb: float | None = 4096, device: str = "cpu"):
+                 source_cache_mb: float | None = 4096, block_length: int | None = None, device: str = "cpu"):
         if plus_mode not in PLUS_MODES:
             raise ValueError(f"metrics.flow.plus_mode must be one of {', '.join(PLUS_MODES)}; got {plus_mode!r}")
         self.estimator = make_flow(estimator, device)
         self.tiny = bool(getattr(self.estimator, "tiny", False))
         self.tracker, self.size, self.device = tracker, tuple(size), device
         self.plus_mode, self.min_region, self.fill = plus_mode, min_region, fill
+        self.block_length = block_length  # seam diagnostic (metrics.seams) for clips longer than one block
         # the source's flows are the same for every method: kept for as many sources as `source_cache_mb` holds
         self._source = SampleCache(source_cache_mb)
 
@@ -149,7 +153,7 @@ class FlowError(VideoMetric):
     def score(self, sample: EditSample, edited: np.ndarray) -> dict[str, float]:
         src_flow = self._source.get(sample, "flow", lambda: self._flows(self._resized(sample.source)))
         epe = np.linalg.norm(self._flows(self._resized(edited)) - src_flow, axis=-1)
-        scores = {"flow": float(epe.mean())}
+        scores = {"flow": float(epe.mean()), **seam_scores("flow", epe.mean(axis=(1, 2)), self.block_length)}
         if self.tracker is not None and sample.mask is not None:
             scores.update(self._plus(sample, edited, epe))
         return scores

@@ -1,6 +1,9 @@
 """FVD (paper Table 2, source faithfulness): the Fréchet distance between I3D features of the set of
 source videos and the set of edited videos of a run. Features: Kinetics-400 logits of the Inception-I3D
 network averaged over time (the 400-d output every reference uses). With 14-frame clips this is FVD@14f;
+a clip longer than `window` frames (16, I3D's training length) is cut into windows of that length that cover it
+(consecutive, the last one ending at the clip's end) and its feature is the mean of its windows' features, so a
+40-frame edit is compared window by window at the length I3D expects, and each video still counts once;
 with few videos the covariances are rank-deficient, and the number of videos and frames is reported beside
 the score (`fvd_n`, `fvd_frames`).
 
@@ -281,6 +284,15 @@ def weights_digest(convention: str, i3d_sha256: dict | None, pinned: str | None)
     return pinned, "models.i3d.sha256"
 
 
+def windows(num_frames: int, window: int | None) -> list[int]:
+    """First frames of the `window`-frame windows that cover `num_frames` frames: 0, w, 2w, … and a last one ending
+    at the clip's end (overlapping the one before when w does not divide T); [0] (the whole clip) when T ≤ w."""
+    if window is None or num_frames <= window:
+        return [0]
+    starts = list(range(0, num_frames - window + 1, window))
+    return starts if starts[-1] + window == num_frames else [*starts, num_frames - window]
+
+
 class FVD(SetMetric):
     """Per video: I3D features of the source and of the edit; over the set: their Fréchet distance."""
 
@@ -291,7 +303,8 @@ class FVD(SetMetric):
     }
 
     def __init__(self, i3d: dict, convention: str = DEFAULT_CONVENTION, i3d_sha256: dict | None = None, size: int = 224,
-                 min_frames: int = 9, source_cache_mb: float | None = None, device: str = "cpu"):
+                 min_frames: int = 9, window: int | None = None, source_cache_mb: float | None = None,
+                 device: str = "cpu"):
         if convention not in CONVENTIONS:
             raise ValueError(f"metrics.fvd.convention must be one of {', '.join(CONVENTIONS)}; got {convention!r}")
         i3d = dict(i3d)
@@ -299,7 +312,9 @@ class FVD(SetMetric):
         self.tiny = bool(i3d.get("tiny", False))
         self.convention_name, self.convention = convention, CONVENTIONS[convention]
         self.net = load_i3d(**i3d, sha256_hex=digest, sha256_setting=setting, bn_eps=self.convention.bn_eps, device=device)
-        self.size, self.min_frames, self.device = size, min_frames, device
+        if window is not None and window < min_frames:
+            raise ValueError(f"metrics.fvd.window must be at least min_frames ({min_frames}), got {window}")
+        self.size, self.min_frames, self.window, self.device = size, min_frames, window, device
         self._source = SampleCache(source_cache_mb)  # 400 floats per source
 
     @property
@@ -309,9 +324,12 @@ class FVD(SetMetric):
 
     @torch.no_grad()
     def embed(self, video: np.ndarray) -> np.ndarray:
+        """The video's I3D feature: of the whole clip, or the mean over the windows that cover a longer one."""
         if len(video) < self.min_frames:
             raise ValueError(f"I3D needs at least {self.min_frames} frames, got {len(video)}")
-        return self.net(i3d_input(video, self.convention, self.size, self.device))[0].float().cpu().numpy()
+        starts = windows(len(video), self.window)
+        return np.mean([self.net(i3d_input(video[s:s + (self.window or len(video))], self.convention, self.size,
+                                            self.device))[0].float().cpu().numpy() for s in starts], axis=0)
 
     def features(self, sample: EditSample, edited: np.ndarray) -> dict[str, np.ndarray]:
         real = self._source.get(sample, "i3d", lambda: self.embed(sample.source))

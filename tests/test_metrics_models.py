@@ -148,7 +148,9 @@ def test_paper_suite_columns(compose):
     cols = suite.columns
     paper = {"clip_tgt", "clip_tgt_plus", "tifa", "clip_src", "clip_src_plus", "flow", "flow_plus", "fvd", "ssim", "clip_tc"}
     bookkeeping = {"region_skipped", "flow_region_skipped", "region_cotracker", "fvd_n", "fvd_frames", "gt_psnr", "gt_ssim"}
-    assert set(cols) == paper | bookkeeping
+    seams = {f"{m}_{w}" for m in ("flow", "clip_tc") for w in ("seam", "inner")} | {"seam_flow_ratio", "seam_clip_tc_ratio"}
+    assert set(cols) == paper | bookkeeping | seams  # seams: the long-video diagnostic (metrics/seams.py)
+    assert {cols[c].group for c in seams} == {"seams"}
     paper_groups = {"edit fidelity", "source faithfulness", "temporal consistency"}
     assert {c for c in cols if cols[c].group in paper_groups} == paper
     assert {c for c in paper if cols[c].percent} == {"clip_tgt", "clip_tgt_plus", "tifa", "clip_src", "clip_src_plus", "ssim", "clip_tc"}

@@ -8,7 +8,8 @@ from __future__ import annotations
 import math
 
 import torch
-from diffusers import EulerDiscreteScheduler
+from diffusers import CMStochasticIterativeScheduler
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 
 def c_in(sigma: float) -> float:
@@ -52,12 +53,18 @@ def euler_step_inverse(x: torch.Tensor, F: torch.Tensor, sigma: float, sigma_nex
     return num / ((sigma - sigma_next) * (1.0 - c_skip(sigma_next)) + sigma_next)
 
 
-def schedule(scheduler: EulerDiscreteScheduler, steps: int, strength: float = 1.0) -> list[float]:
+def schedule(scheduler: SchedulerMixin, steps: int, strength: float = 1.0) -> list[float]:
     """The σ levels a generation visits, high to low and ending at 0.
 
     `strength` < 1 keeps the last int(steps·strength) steps, as image-to-image pipelines do
-    (25 steps, strength 0.55 → 13 steps from index 12, σ ≈ 15.59).
+    (25 steps, strength 0.55 → 13 steps from index 12, σ ≈ 15.59). SVD's `EulerDiscreteScheduler` gives Karras
+    levels; a `CMStochasticIterativeScheduler` configured as AnimateLCM-SVD-xt's (40 training levels, σ in
+    [0.002, 700], ρ = 7) gives its few-step levels (4 steps: 700, 128.6, 13.68, 0.497), where AnimateLCM's own
+    scheduler ends at 0 (its last step returns the denoised sample) and diffusers' class at σ_min: 0 is used.
     """
     scheduler.set_timesteps(steps)
+    sigmas = [float(s) for s in scheduler.sigmas]
+    if isinstance(scheduler, CMStochasticIterativeScheduler):
+        sigmas[-1] = 0.0
     used = min(int(steps * strength), steps)
-    return [float(s) for s in scheduler.sigmas[steps - used:]]
+    return sigmas[steps - used:]

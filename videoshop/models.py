@@ -10,7 +10,11 @@ the process-wide cache, so a multirun loads SVD once. The entry (`models.svd_bac
   weights: small ones in `models=tiny` (VAE with four down blocks like SVD's, so latents are 1/8 of the frame)
   for offline smoke runs and tests; full-size ones (`SVD_FULL`) in the benchmark.
 
-Either entry carries `num_frames`, the clip length the backbone is trained for (read by the methods).
+Either entry carries `num_frames`, the clip length the backbone is trained for (read by the methods), and may
+carry `unet_weights` (another UNet's weights on the same components: AnimateLCM-SVD-xt's distilled UNet, a single
+safetensors file of `UNetSpatioTemporalConditionModel`'s state dict, loaded strictly as its public code does; tiny:
+a UNet with another seed) and `scheduler` (`{class, config}`: a diffusers scheduler replacing the repo's, e.g.
+AnimateLCM's consistency schedule).
 """
 from __future__ import annotations
 
@@ -19,12 +23,14 @@ from functools import cached_property
 from typing import Any
 
 import torch
+import diffusers
 from diffusers import (
     AutoencoderKLTemporalDecoder,
     EulerDiscreteScheduler,
     StableVideoDiffusionPipeline,
     UNetSpatioTemporalConditionModel,
 )
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from omegaconf import DictConfig, OmegaConf
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
@@ -75,7 +81,7 @@ class SVDComponents:
     vae: AutoencoderKLTemporalDecoder
     image_encoder: CLIPVisionModelWithProjection
     feature_extractor: CLIPImageProcessor
-    scheduler: EulerDiscreteScheduler
+    scheduler: SchedulerMixin  # SVD: EulerDiscreteScheduler; AnimateLCM: its consistency scheduler
     device: torch.device
     dtype: torch.dtype
     tiny: bool = False
@@ -91,9 +97,10 @@ class SVDComponents:
         """UNet forward calls since the counter was last reset."""
         return self.counter.calls
 
-    def new_scheduler(self) -> EulerDiscreteScheduler:
-        """A fresh scheduler (its step index is per-run state, so the cached one is never stepped)."""
-        return EulerDiscreteScheduler.from_config(self.scheduler.config)
+    def new_scheduler(self) -> SchedulerMixin:
+        """A fresh scheduler of the backbone's class (its step index is per-run state, so the cached one is never
+        stepped): SVD's `EulerDiscreteScheduler`, AnimateLCM's consistency scheduler."""
+        return type(self.scheduler).from_config(self.scheduler.config)
 
     def pipeline(self, counted: bool = True) -> StableVideoDiffusionPipeline:
         """diffusers' own image-to-video pipeline on these components (UNet calls counted unless `counted=False`)."""
@@ -111,6 +118,12 @@ class SVDComponents:
     def save_pretrained(self, folder) -> None:
         """Write the components in the hub repo's layout (one subfolder each), loadable by `load_svd(root=...)`."""
         self.pipeline(counted=False).save_pretrained(folder)
+
+    def save_unet_file(self, path) -> None:
+        """Write the UNet's state dict as one safetensors file, the layout of AnimateLCM-SVD-xt's weights."""
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in self.unet.state_dict().items()}, str(path))
 
 
 def _plain(entry: Any) -> dict[str, Any]:
@@ -141,8 +154,37 @@ def build_random(unet: dict, vae: dict, clip: dict, seed: int = 0) -> dict[str, 
 
 
 def _tiny(entry: dict[str, Any]) -> dict[str, Any]:
-    """The tiny random components of a `tiny: true` entry."""
-    return build_random(entry["unet"], entry["vae"], entry["clip"], seed=int(entry.get("seed", 0)))
+    """The tiny random components of a `tiny: true` entry; `unet_weights: {seed}` swaps in a UNet of the same
+    config with other random weights (the tiny stand-in for AnimateLCM's distilled UNet)."""
+    parts = build_random(entry["unet"], entry["vae"], entry["clip"], seed=int(entry.get("seed", 0)))
+    if entry.get("unet_weights"):
+        torch.manual_seed(int(entry["unet_weights"]["seed"]))
+        parts["unet"] = UNetSpatioTemporalConditionModel(**entry["unet"])
+    return parts
+
+
+def _unet_file(unet: UNetSpatioTemporalConditionModel, spec: dict[str, Any]) -> str:
+    """Load another UNet's weights from one safetensors file (`spec`: repo_id, revision, file, root) into `unet`,
+    strictly (every key present, none left over), as AnimateLCM's public code does; returns which copy it was."""
+    from safetensors.torch import load_file
+
+    from harness.weights import local_model_dir, snapshot_id
+
+    folder = local_model_dir(spec["repo_id"], spec.get("revision"), spec.get("root"), allow_patterns=[spec["file"]],
+                             markers=(spec["file"],))
+    path = folder / spec["file"]
+    try:
+        unet.load_state_dict(load_file(str(path)), strict=True)
+    except RuntimeError as e:  # missing, unexpected or mis-shaped keys
+        raise ValueError(f"{path}: not a state dict of this UNetSpatioTemporalConditionModel config: {e}") from e
+    return f"{snapshot_id(folder)}/{spec['file']}"
+
+
+def _scheduler(spec: dict[str, Any] | None, default):
+    """The entry's `scheduler` ({class: a diffusers scheduler class name, config: its arguments}), else `default`."""
+    if not spec:
+        return default
+    return getattr(diffusers, spec["class"]).from_config(dict(spec.get("config") or {}))
 
 
 def _real(entry: dict[str, Any], dtype: torch.dtype) -> dict[str, Any]:
@@ -154,13 +196,20 @@ def _real(entry: dict[str, Any], dtype: torch.dtype) -> dict[str, Any]:
                              allow_patterns=entry.get("allow_patterns"), markers=("model_index.json",))
     variant = entry.get("variant") if dtype == torch.float16 else None
     kw = dict(torch_dtype=dtype)
+    revision = snapshot_id(folder)
+    if entry.get("unet_weights"):  # the repo's UNet config, every weight from the file (the repo's are never read)
+        config = UNetSpatioTemporalConditionModel.load_config(folder, subfolder="unet")
+        unet = UNetSpatioTemporalConditionModel.from_config(config).to(dtype)
+        revision = f"{revision} + unet {_unet_file(unet, entry['unet_weights'])}"
+    else:
+        unet = UNetSpatioTemporalConditionModel.from_pretrained(folder, subfolder="unet", variant=variant, **kw)
     return dict(
-        unet=UNetSpatioTemporalConditionModel.from_pretrained(folder, subfolder="unet", variant=variant, **kw),
+        unet=unet,
         vae=AutoencoderKLTemporalDecoder.from_pretrained(folder, subfolder="vae", variant=variant, **kw),
         image_encoder=CLIPVisionModelWithProjection.from_pretrained(folder, subfolder="image_encoder", variant=variant, **kw),
         feature_extractor=CLIPImageProcessor.from_pretrained(folder, subfolder="feature_extractor"),
         scheduler=EulerDiscreteScheduler.from_pretrained(folder, subfolder="scheduler"),
-        weights_revision=snapshot_id(folder),
+        weights_revision=revision,
     )
 
 
@@ -172,6 +221,7 @@ def load_svd(entry: Any, device: str | torch.device = "cpu") -> SVDComponents:
     def factory() -> SVDComponents:
         dtype = _dtype(entry, device)
         parts = _tiny(entry) if entry.get("tiny") else _real(entry, dtype)
+        parts["scheduler"] = _scheduler(entry.get("scheduler"), parts["scheduler"])
         for name in ("unet", "vae", "image_encoder"):
             module = parts[name].to(device)
             if module.dtype != dtype:

@@ -23,15 +23,15 @@ from videoshop.latents import standardize
 from videoshop.models import SVDComponents
 
 
-def check_num_frames(name: str, sample: EditSample, num_frames: int) -> None:
+def check_num_frames(name: str, sample: EditSample, num_frames: int, hint: str = "") -> None:
     """The SVD methods edit clips of the backbone's trained length (`models.svd_backbone.num_frames`: 14 for
-    img2vid, 25 for img2vid-xt); any other length is an error that says how to match them."""
+    img2vid, 25 for img2vid-xt); any other length is an error that says how to match them (plus `hint`)."""
     if sample.num_frames != num_frames:
         raise ValueError(
             f"{name}: sample {sample.id} has {sample.num_frames} frames but the SVD backbone is set for "
             f"{num_frames} (models.svd_backbone.num_frames). Use a dataset of {num_frames}-frame clips "
             f"(dataset.num_frames={num_frames}) or a backbone trained for the clip's length (models=svd: 14 frames, "
-            "models=svd_xt: 25).")
+            f"models=svd_xt: 25){hint}.")
 
 
 def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
