@@ -239,8 +239,11 @@ def run_dir_for(cfg: DictConfig, label: str) -> RunDir:
 
 
 def suite_id(cfg: DictConfig) -> str:
-    """Names the metric suite a row was scored with: a digest of the resolved `metrics` config."""
+    """Names the metric suite a row was scored with: a digest of the resolved `metrics` config less where each metric
+    runs (`device`), which changes no score: rows scored on the GPU and on the CPU are one suite."""
     plain = OmegaConf.to_container(cfg.metrics, resolve=True) if cfg.get("metrics") else {}
+    plain = {name: {k: v for k, v in entry.items() if k != "device"} if isinstance(entry, dict) else entry
+             for name, entry in plain.items()}
     return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

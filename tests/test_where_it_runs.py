@@ -1,4 +1,5 @@
-"""torch's CPU threads come from the cores really free: affinity, a container's quota, the load average."""
+"""Where a job runs changes no result: torch's CPU threads come from the cores really free (affinity, a container's
+quota, the load average), and the metric suite's identity does not depend on the device."""
 from __future__ import annotations
 
 import pytest
@@ -60,3 +61,10 @@ def test_run_applies_the_threads_setting(compose, monkeypatch, threads_restored)
     assert torch.get_num_threads() == 2
     assert run.compose().threads == "auto"  # what a newcomer gets
     cpu.auto_threads.cache_clear()
+
+
+def test_the_metric_suite_does_not_depend_on_the_device(compose):
+    from harness.runner import suite_id
+
+    assert suite_id(compose("metrics=paper", "device=cpu")) == suite_id(compose("metrics=paper", "device=cuda"))
+    assert suite_id(compose("metrics=paper")) != suite_id(compose("metrics=paper", "metrics.ssim.sigma=1.0"))
