@@ -41,9 +41,11 @@ def main(cfg: DictConfig, overrides: list[str] = ()) -> dict | None:
     from harness.runner import resolve_device, run
 
     cfg.device = resolve_device(cfg.device)
+    from harness.cache import work
     from harness.cpu import set_threads
 
     set_threads(cfg.get("threads"))
+    work.resize(float(cfg.get("share_work_mb") or 0))
     if cfg.stage in ("edit", "score"):
         return run(cfg, overrides)
     if cfg.stage == "summarize":

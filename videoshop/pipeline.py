@@ -12,9 +12,12 @@ one frame, each block conditioned on the previous block's last output frame (pap
 """
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import torch
 
+from harness.cache import cache_key, work
 from harness.method import EditMethod, NonFiniteEdit, Phases
 from harness.types import EditedVideo, EditSample
 from videoshop import svd
@@ -52,6 +55,15 @@ class Videoshop(EditMethod):
         """The σ levels of one edit: the last int(steps·strength) levels of the backbone scheduler's schedule."""
         return schedule(self.svd.new_scheduler(), self.steps, self.strength)
 
+    def generation_key(self, source: np.ndarray, edited_frame: np.ndarray, seed: int) -> str:
+        """Everything steps 1–3 of a block depend on (the backbone, the inputs, the seed, every setting but
+        `rescale`): methods with equal keys generate the same latents, so one process computes them once."""
+        digest = hashlib.sha256(np.ascontiguousarray(source).tobytes() + np.ascontiguousarray(edited_frame).tobytes())
+        settings = {k: v for k, v in vars(self).items() if k not in ("name", "svd", "weights_revision", "rescale",
+                                                                        "long_video", "device")}
+        return cache_key("videoshop-generation", id(self.svd), str(self.device), digest.hexdigest(), source.shape,
+                         seed, settings)
+
     def _check(self, x: torch.Tensor, stage: str) -> None:
         """Raise `NonFiniteEdit` (carrying the UNet calls so far) when `x` holds NaN or inf, so the row is NaN."""
         if not torch.isfinite(x).all():
@@ -69,33 +81,58 @@ class Videoshop(EditMethod):
         c.counter.calls = 0
         phases = Phases(c.device)
         starts = block_starts(sample.num_frames, self.num_frames) if self.long_video else [0]
-        L, out, sigma_start = self.num_frames, [], None
+        L, out, sigma_start, reused = self.num_frames, [], None, 0
         for k, s in enumerate(starts):
             # Block k: its own source frames, conditioned on the edit (block 0) or on block k−1's last output
             # frame, which is also this block's first frame (one frame of overlap: the seam frame is shared).
             end = min(s + L, sample.num_frames) if self.long_video else sample.num_frames
             frame = sample.edited_frame if k == 0 else out[-1][-1]
-            frames, sigma_start = self.edit_block(sample, sample.source[s:end], frame, seed + k, phases)
+            frames, sigma_start, shared = self.edit_block(sample, sample.source[s:end], frame, seed + k, phases)
             out.append(frames if k == 0 else frames[1:])
+            reused += shared
         info = {"phases": phases.report(), "sigma_start": sigma_start, "tiny_models": c.tiny}
+        if reused:  # steps 1–3 came from an identical computation of another method in this process (share_work_mb)
+            info["reused_generation_blocks"] = reused
         if self.long_video:
             info["block_starts"] = starts
         return EditedVideo(np.concatenate(out), nfe=c.nfe, info=info)
 
     def edit_block(self, sample: EditSample, source: np.ndarray, edited_frame: np.ndarray, seed: int,
-                   phases: Phases) -> tuple[np.ndarray, float]:
+                   phases: Phases) -> tuple[np.ndarray, float, bool]:
         """Edit one clip of the backbone's length: uint8 source frames and the (edited) frame to propagate →
-        uint8 output frames at the source's size, and σ_start. One CPU generator per block, seeded with `seed`."""
+        uint8 output frames at the source's size, σ_start, and whether steps 1–3 were reused from another method
+        of this process (`harness.cache.work`: the same key, e.g. `videoshop` for `videoshop_no_rescale`)."""
+        c, sigmas = self.svd, self.sigmas()
+        edited = svd.to_pixels(edited_frame[None], self.size, c.device)
+        key = self.generation_key(source, edited_frame, seed)
+        x = work.get(key)
+        reused = x is not None
+        if reused:
+            x = x.to(c.device)
+            phases.lap("reused")
+        else:
+            x = self.generate(source, edited, edited_frame, sigmas, seed, phases)
+            work.put(key, x.cpu(), x.numel() * x.element_size())
+
+        # 4. Rescale to the clean edited frame's latent statistics, per channel (Eq. 8), and decode.
+        if self.rescale:
+            x = rescale(x, svd.encode(c, edited)[:, 0] * c.vae.config.scaling_factor)
+        frames = svd.decode(c, x, sample.size)
+        phases.lap("decode")
+        return frames, sigmas[0], reused
+
+    def generate(self, source: np.ndarray, edited: torch.Tensor, edited_frame: np.ndarray, sigmas: list[float],
+                 seed: int, phases: Phases) -> torch.Tensor:
+        """Steps 1–3 of one block: the generated latents before rescaling. One CPU generator per block, seeded with
+        `seed`, so a seed means the same noise on every device."""
         c = self.svd
-        g = torch.Generator().manual_seed(seed)  # on the CPU, so a seed means the same noise on every device
+        g = torch.Generator().manual_seed(seed)
         T, sf = len(source), c.vae.config.scaling_factor
-        sigmas = self.sigmas()
         common = dict(generator=g, noise_aug=self.noise_aug, fps=self.fps, motion_bucket_id=self.motion_bucket_id)
 
         # 1. Encode & normalize: x_in = VAE(V)·0.18215, then x̂₀ = normalize(x_in) (Eq. 8; per frame in the release).
         #    Pixels as the release prepares them: resized in float, never rounded to 8 bits (`svd.to_pixels`).
         video = svd.to_pixels(source, self.size, c.device)
-        edited = svd.to_pixels(edited_frame[None], self.size, c.device)
         x0 = normalize(svd.encode(c, video) * sf, self.norm)
         phases.lap("encode")
 
@@ -122,13 +159,7 @@ class Videoshop(EditMethod):
         x = bdia_sample(F_tgt, start, sigmas, self.bdia_gamma) if self.inversion == "bdia" else euler_sample(F_tgt, start, sigmas)
         phases.lap("generate")
         self._check(x, "generation")
-
-        # 4. Rescale to the clean edited frame's latent statistics, per channel (Eq. 8), and decode.
-        if self.rescale:
-            x = rescale(x, svd.encode(c, edited)[:, 0] * sf)
-        frames = svd.decode(c, x, sample.size)
-        phases.lap("decode")
-        return frames, sigmas[0]
+        return x
 
 
 def block_starts(num_frames: int, block: int) -> list[int]:
