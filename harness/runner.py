@@ -211,7 +211,7 @@ def _set_scores(suite: Suite, run: RunDir, ok_ids: list[str]) -> dict[str, Any]:
 def fingerprint_config(cfg: DictConfig, uses_models: bool) -> dict[str, Any]:
     """What must be equal for two runs' samples to be interchangeable.
 
-    Where and how things run or are stored (device, threads, data_dir, a local weights folder) and which part of
+    Where and how things run or are stored (device, threads, speed, data_dir, a local weights folder) and which part of
     the dataset a job takes (shard, limit) do not change a sample's edit, so a run may resume elsewhere or in parts.
     """
 
@@ -224,7 +224,7 @@ def fingerprint_config(cfg: DictConfig, uses_models: bool) -> dict[str, Any]:
         return strip(OmegaConf.to_container(node, resolve=True), drop | {"device"})
 
     d: dict[str, Any] = {
-        "method": plain(cfg.method, {"root"}),
+        "method": plain(cfg.method, {"root", "speed"}),
         "dataset": plain(cfg.dataset, {"data_dir", "shard", "num_shards", "limit"}),
         "seed": cfg.seed,
     }

@@ -30,7 +30,7 @@ def sample_track(data_dir):
 @pytest.fixture
 def compose(tmp_path, data_dir):
     """compose(*overrides) -> the config run.py would get, with results in a fresh tmp dir; `threads=null`, so that
-    the tests' own thread settings (`one_thread`) hold unless a test overrides it."""
+    the tests' own thread settings (`one_thread`) hold, and `share_work_mb=0`, unless a test overrides them."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
@@ -40,11 +40,24 @@ def compose(tmp_path, data_dir):
         with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
             return hydra_compose(
                 config_name="config",
-                overrides=[f"results_dir={results_dir or tmp_path / 'results'}", f"data_dir={data_dir}", "threads=null",
+                overrides=[f"results_dir={results_dir or tmp_path / 'results'}", f"data_dir={data_dir}", "threads=null", "share_work_mb=0",
                            *overrides],
             )
 
     return _compose
+
+
+@pytest.fixture(autouse=True)
+def no_shared_work():
+    """Every test starts with nothing shared between methods (harness.cache.work) and sharing off, so that an edit
+    computes what it claims to; tests of sharing turn it on through `share_work_mb`."""
+    from harness import cache
+
+    cache.work.clear()
+    cache.work.resize(0)
+    yield
+    cache.work.clear()
+    cache.work.resize(0)
 
 
 @pytest.fixture(scope="module")

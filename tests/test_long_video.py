@@ -133,6 +133,7 @@ def test_block_editing_equals_editing_each_block_with_its_conditioning(compose, 
 
     def hooked(self, sample, source, frame, seed, phases):
         out = edit_block(self, sample, source, frame, seed, phases)
+        assert not out[2]  # computed, not reused
         calls.append((source, frame, seed, out[0]))
         return out
 

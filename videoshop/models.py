@@ -35,6 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from harness.cache import cache_key, cached
+from videoshop.speed import Speed
 
 #: SVD's own scheduler config (v-prediction, Karras sigmas in [0.002, 700], continuous timesteps 0.25·ln σ).
 SVD_SCHEDULER_CONFIG: dict[str, Any] = {
@@ -55,16 +56,19 @@ SVD_FULL = {
 
 
 class CountingUNet(torch.nn.Module):
-    """Wraps the UNet and counts its forward calls (a CFG-batched call counts once): the edit's `nfe`."""
+    """Wraps the UNet and counts its forward calls (a CFG-batched call counts once): the edit's `nfe`; each call
+    runs with the backbone's attention kernels (`Speed.attention`)."""
 
-    def __init__(self, unet: UNetSpatioTemporalConditionModel):
+    def __init__(self, unet: UNetSpatioTemporalConditionModel, speed: Speed = Speed()):
         super().__init__()
         self.unet = unet
+        self.speed = speed
         self.calls = 0
 
     def forward(self, *args, **kwargs):
         self.calls += 1
-        return self.unet(*args, **kwargs)
+        with self.speed.attention():
+            return self.unet(*args, **kwargs)
 
     def __getattr__(self, name: str):
         try:
@@ -87,10 +91,11 @@ class SVDComponents:
     tiny: bool = False
     #: which weights: the hub commit SHA or the local folder they were loaded from; None for random weights
     weights_revision: str | None = None
+    speed: Speed = Speed()
     counter: CountingUNet = field(init=False)
 
     def __post_init__(self):
-        self.counter = CountingUNet(self.unet)
+        self.counter = CountingUNet(self.unet, self.speed)
 
     @property
     def nfe(self) -> int:
@@ -213,8 +218,8 @@ def _real(entry: dict[str, Any], dtype: torch.dtype) -> dict[str, Any]:
     )
 
 
-def load_svd(entry: Any, device: str | torch.device = "cpu") -> SVDComponents:
-    """SVD components for a `models.svd_backbone`-style entry, loaded once per process and device."""
+def load_svd(entry: Any, device: str | torch.device = "cpu", speed: Speed = Speed()) -> SVDComponents:
+    """SVD components for a `models.svd_backbone`-style entry, loaded once per process, device and `speed`."""
     entry = _plain(entry)
     device = torch.device(device)
 
@@ -227,6 +232,8 @@ def load_svd(entry: Any, device: str | torch.device = "cpu") -> SVDComponents:
             if module.dtype != dtype:
                 module = module.to(dtype)
             parts[name] = module.eval().requires_grad_(False)
-        return SVDComponents(**parts, device=device, dtype=dtype, tiny=bool(entry.get("tiny")))
+        speed.apply(parts["unet"], parts["vae"])
+        return SVDComponents(**parts, device=device, dtype=dtype, tiny=bool(entry.get("tiny")), speed=speed)
 
-    return cached(cache_key("svd", entry, str(device)), factory)
+    key = ("svd", entry, str(device)) if speed.eager else ("svd", entry, str(device), repr(speed))
+    return cached(cache_key(*key), factory)

@@ -13,6 +13,7 @@ one frame, each block conditioned on the previous block's last output frame (pap
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,6 +26,7 @@ from videoshop.edm import schedule
 from videoshop.inversion import bdia_invert, bdia_sample, invert, sample as euler_sample
 from videoshop.latents import normalize, rescale
 from videoshop.models import load_svd
+from videoshop.speed import Speed
 
 
 class Videoshop(EditMethod):
@@ -35,13 +37,13 @@ class Videoshop(EditMethod):
                  noise_aug: float = 0.2, fps: int = 7, motion_bucket_id: int = 127, norm: str = "frame",
                  rescale: bool = True, inversion: str = "extrapolate", threshold: float | None = 1.0,
                  noise: str = "fixed", standardize_source_latents: bool = True, bdia_gamma: float = 0.94,
-                 long_video: str | None = None):
+                 long_video: str | None = None, speed: Any = None):
         super().__init__(name, device)
         if inversion not in ("extrapolate", "naive", "bdia"):
             raise ValueError(f"{name}: inversion must be extrapolate, naive or bdia, got {inversion!r}")
         if long_video not in (None, "blocks"):
             raise ValueError(f"{name}: long_video must be null (clips of the backbone's length) or blocks, got {long_video!r}")
-        self.svd = load_svd(backbone, device)
+        self.svd = load_svd(backbone, device, Speed.from_config(speed, device))
         self.weights_revision = self.svd.weights_revision
         self.size, self.num_frames = (int(height), int(width)), int(num_frames)
         self.steps, self.strength, self.guidance = int(steps), float(strength), float(guidance)

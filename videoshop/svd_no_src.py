@@ -6,6 +6,8 @@ conditioning and Euler loop as the editor, and its latents equal `StableVideoDif
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from diffusers.utils.torch_utils import randn_tensor
@@ -16,6 +18,7 @@ from videoshop import svd
 from videoshop.edm import schedule
 from videoshop.inversion import sample as euler_sample
 from videoshop.models import load_svd
+from videoshop.speed import Speed
 
 
 class SVDNoSource(EditMethod):
@@ -23,9 +26,9 @@ class SVDNoSource(EditMethod):
 
     def __init__(self, name: str, backbone, device: str = "cpu", height: int = 576, width: int = 1024,
                  num_frames: int = 14, steps: int = 25, min_guidance: float = 1.0, max_guidance: float = 3.0,
-                 noise_aug: float = 0.02, fps: int = 7, motion_bucket_id: int = 127):
+                 noise_aug: float = 0.02, fps: int = 7, motion_bucket_id: int = 127, speed: Any = None):
         super().__init__(name, device)
-        self.svd = load_svd(backbone, device)
+        self.svd = load_svd(backbone, device, Speed.from_config(speed, device))
         self.weights_revision = self.svd.weights_revision
         self.size, self.num_frames = (int(height), int(width)), int(num_frames)
         self.steps, self.min_guidance, self.max_guidance = int(steps), float(min_guidance), float(max_guidance)
