@@ -39,6 +39,8 @@ def test_the_gate_fails_a_speed_up_that_changes_the_output(monkeypatch):
 
     def wrong(self, unet, vae):
         apply(self, unet, vae)
+        if self.eager:  # the reference path stays right
+            return
         unet.register_forward_hook(lambda m, i, out: (out[0] * 1.05,) + tuple(out[1:]) if isinstance(out, tuple)
                                    else type(out)(sample=out.sample * 1.05))
 
