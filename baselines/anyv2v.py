@@ -23,8 +23,9 @@ import torch
 import torch.nn.functional as F
 
 from baselines import components, ddim, injection, resize
-from baselines.prompts import checked_config, prepare_prompts, prompts_for
-from harness.method import EditMethod, NonFiniteEdit, Phases
+from baselines.prompts import checked_config, prompts_for
+from baselines.text_method import TextDrivenMethod
+from harness.method import NonFiniteEdit, Phases
 from harness.types import EditedVideo, EditSample
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -32,8 +33,10 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 CLIP_SKIP = 1  # text embeddings from the penultimate CLIP layer: I2VGenXLPipeline.__call__'s default, as AnyV2V runs it
 
 
-class AnyV2V(EditMethod):
+class AnyV2V(TextDrivenMethod):
     """AnyV2V with I2VGen-XL; every number below comes from the method config (published defaults there)."""
+
+    clip_skip = CLIP_SKIP  # prompts encoded as `I2VGenXLPipeline.__call__` encodes every prompt (positive and negative)
 
     def __init__(self, name: str, backbone: Any, prompts: Any, device: str = "cpu", sizes: Any = ((512, 512),),
                  keep_aspect: bool = False, size_multiple: int = 64, inversion_steps: int = 500, steps: int = 50, first_step: int = 0, guidance_scale: float = 9.0,
@@ -61,9 +64,6 @@ class AnyV2V(EditMethod):
         self.dtype = components.dtype_for(device)
 
     # --- conditioning, as I2VGenXLPipeline computes it -------------------------------------------------
-    def _text(self, prompt: str) -> torch.Tensor:
-        """Prompt embeddings as `I2VGenXLPipeline.__call__` encodes every prompt (positive and negative alike)."""
-        return components.encode_text(self.m, prompt, self.device, clip_skip=CLIP_SKIP)
 
     def _image_embedding(self, image: torch.Tensor) -> torch.Tensor:
         """CLIP image embedding of a [-1, 1] 1×3×H×W image: center square, resized to the encoder's input."""
@@ -93,9 +93,6 @@ class AnyV2V(EditMethod):
         return components.decode_latents(self.m.vae, lat, self.decode_chunk)
 
     # --- the edit -------------------------------------------------------------------------------------
-    def prepare(self) -> None:
-        """Load what the prompts may need before any edit is timed."""
-        prepare_prompts(self.prompts_cfg, self.device)
 
     @torch.no_grad()
     def edit(self, sample: EditSample, seed: int) -> EditedVideo:

@@ -36,8 +36,9 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 
 from baselines import components, ddim, injection, p2p, resize
-from baselines.prompts import checked_config, prepare_prompts, prompts_for
-from harness.method import EditMethod, NonFiniteEdit, Phases
+from baselines.prompts import checked_config, prompts_for
+from baselines.text_method import TextDrivenMethod
+from harness.method import NonFiniteEdit, Phases
 from harness.types import EditedVideo, EditSample
 
 CROP_MODES = ("center", "squash")  # FateZero's loader crops the centre square; squash resizes the whole frame
@@ -173,7 +174,7 @@ def install(unet: torch.nn.Module, state: FusionState, sparse_min_channels: int)
     return restore
 
 
-class FateZero(EditMethod):
+class FateZero(TextDrivenMethod):
     """FateZero on Stable Diffusion 1.4; every number comes from the method config (public defaults there)."""
 
     def __init__(self, name: str, backbone: Any, prompts: Any, device: str = "cpu", size: int = 512,
@@ -206,12 +207,7 @@ class FateZero(EditMethod):
         self.weights_revision = self.m.weights_revision
         self.dtype = components.dtype_for(device)
 
-    def prepare(self) -> None:
-        """Load what the prompts may need before any edit is timed."""
-        prepare_prompts(self.prompts_cfg, self.device)
 
-    def _text(self, prompt: str) -> torch.Tensor:
-        return components.encode_text(self.m, prompt, self.device)
 
     def controller(self, source: str, target: str, state: FusionState) -> str:
         """Set the cross-attention fusion of `state`: a word swap when enabled and both prompts have as many words

@@ -27,8 +27,9 @@ import torch
 import torch.nn.functional as F
 
 from baselines import components, ddim, injection, resize
-from baselines.prompts import checked_config, prepare_prompts, prompts_for
-from harness.method import EditMethod, NonFiniteEdit, Phases
+from baselines.prompts import checked_config, prompts_for
+from baselines.text_method import TextDrivenMethod
+from harness.method import NonFiniteEdit, Phases
 from harness.types import EditedVideo, EditSample
 
 ANCHOR = 0  # the frame every later frame attends to (the code's keyframe_index, forward order)
@@ -40,7 +41,7 @@ SCHEDULER = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.0
                  set_alpha_to_one=False, steps_offset=0, timestep_spacing="leading")
 
 
-class Pix2Video(EditMethod):
+class Pix2Video(TextDrivenMethod):
     """Pix2Video on Stable Diffusion 2 depth; every number comes from the method config (public defaults there)."""
 
     def __init__(self, name: str, backbone: Any, prompts: Any, device: str = "cpu", sizes: Any = ((512, 512),),
@@ -64,13 +65,8 @@ class Pix2Video(EditMethod):
         self.scheduler = DDIMScheduler.from_config(self.m.scheduler.config, **SCHEDULER)
         self.weights_revision = self.m.weights_revision
 
-    def prepare(self) -> None:
-        """Load what the prompts may need before any edit is timed."""
-        prepare_prompts(self.prompts_cfg, self.device)
 
     # --- the steps of the algorithm ---------------------------------------------------------------------
-    def _text(self, prompt: str) -> torch.Tensor:
-        return components.encode_text(self.m, prompt, self.device)
 
     def depth(self, frames: torch.Tensor) -> torch.Tensor:
         """T×1×h×w depth at the latent size in [-1, 1] (`load_depth`): DPT on every frame (one batch), resized

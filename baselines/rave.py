@@ -25,8 +25,9 @@ import torch
 import torch.nn.functional as F
 
 from baselines import components, ddim, resize
-from baselines.prompts import checked_config, prepare_prompts, prompts_for
-from harness.method import EditMethod, NonFiniteEdit, Phases
+from baselines.prompts import checked_config, prompts_for
+from baselines.text_method import TextDrivenMethod
+from harness.method import NonFiniteEdit, Phases
 from harness.types import EditedVideo, EditSample
 
 PADDING = "repeat_last"  # how the clip is padded to a multiple of grid² frames
@@ -68,7 +69,7 @@ def normalize_depth(depth: torch.Tensor) -> torch.Tensor:
     return (d * 255.0).clamp(0, 255).floor() / 255.0
 
 
-class RAVE(EditMethod):
+class RAVE(TextDrivenMethod):
     """RAVE on Stable Diffusion 1.5 + ControlNet depth; every number comes from the method config (public defaults)."""
 
     def __init__(self, name: str, backbone: Any, prompts: Any, device: str = "cpu", sizes: Any = ((512, 512),),
@@ -96,12 +97,7 @@ class RAVE(EditMethod):
         self.weights_revision = self.m.weights_revision
         self.dtype = components.dtype_for(device)
 
-    def prepare(self) -> None:
-        """Load what the prompts may need before any edit is timed."""
-        prepare_prompts(self.prompts_cfg, self.device)
 
-    def _text(self, prompt: str) -> torch.Tensor:
-        return components.encode_text(self.m, prompt, self.device)
 
     @torch.no_grad()
     def depth_condition(self, frames: torch.Tensor) -> torch.Tensor:

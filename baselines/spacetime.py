@@ -33,8 +33,9 @@ import torch
 import torch.nn.functional as F
 
 from baselines import components, ddim, resize
-from baselines.prompts import checked_config, prepare_prompts, prompts_for
-from harness.method import EditMethod, NonFiniteEdit, Phases
+from baselines.prompts import checked_config, prompts_for
+from baselines.text_method import TextDrivenMethod
+from harness.method import NonFiniteEdit, Phases
 from harness.types import EditedVideo, EditSample
 
 CUT = "up_blocks.1"  # the code's `up_res_dict: {1: [1]}`: later up blocks and the output convs are skipped
@@ -116,7 +117,7 @@ def low_freq_init(latent: torch.Tensor, noise: torch.Tensor, factor: int) -> tor
     return low(latent) + noise - low(noise)
 
 
-class Spacetime(EditMethod):
+class Spacetime(TextDrivenMethod):
     """Spacetime on ZeroScope v2 576w; every number comes from the method config (public defaults there)."""
 
     def __init__(self, name: str, backbone: Any, prompts: Any, device: str = "cpu", sizes: Any = ((320, 576),),
@@ -148,15 +149,10 @@ class Spacetime(EditMethod):
         self.weights_revision = self.m.weights_revision
         self.half = components.dtype_for(device) == torch.float16  # fp16 weights under fp16 autocast, fp32 latents
 
-    def prepare(self) -> None:
-        """Load what the prompts may need before any edit is timed."""
-        prepare_prompts(self.prompts_cfg, self.device)
 
     def _autocast(self):
         return torch.autocast("cuda", dtype=torch.float16) if self.half else contextlib.nullcontext()
 
-    def _text(self, prompt: str) -> torch.Tensor:
-        return components.encode_text(self.m, prompt, self.device)
 
     def _eps(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         with self._autocast():

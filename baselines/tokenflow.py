@@ -30,8 +30,9 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 from baselines import components, ddim, injection, resize
-from baselines.prompts import checked_config, prepare_prompts, prompts_for
-from harness.method import EditMethod, NonFiniteEdit, Phases
+from baselines.prompts import checked_config, prompts_for
+from baselines.text_method import TextDrivenMethod
+from harness.method import NonFiniteEdit, Phases
 from harness.types import EditedVideo, EditSample
 
 VARIANTS = ("release", "paper")  # the authors' released code (omerbt/TokenFlow), or the paper's text
@@ -162,7 +163,7 @@ def install(unet: torch.nn.Module, state: TokenFlowState, inject_attention: list
     return restore
 
 
-class TokenFlow(EditMethod):
+class TokenFlow(TextDrivenMethod):
     """TokenFlow on Stable Diffusion 2.1-base; every number comes from the method config (published defaults there)."""
 
     def __init__(self, name: str, backbone: Any, prompts: Any, device: str = "cpu",
@@ -193,8 +194,6 @@ class TokenFlow(EditMethod):
         self.weights_revision = self.m.weights_revision
         self.dtype = components.dtype_for(device)
 
-    def _text(self, prompt: str) -> torch.Tensor:
-        return components.encode_text(self.m, prompt, self.device)
 
     def starting_latent(self, traj: ddim.Trajectory, t: torch.Tensor) -> torch.Tensor:
         """The latent at timestep `t` that sampling starts from. `paper`: the inverted latent there. `release`: the
@@ -213,9 +212,6 @@ class TokenFlow(EditMethod):
         offsets = torch.randint(self.group_size, (num_frames // self.group_size,), generator=generator)
         return [g * self.group_size + int(o) for g, o in enumerate(offsets)]
 
-    def prepare(self) -> None:
-        """Load what the prompts may need before any edit is timed."""
-        prepare_prompts(self.prompts_cfg, self.device)
 
     @torch.no_grad()
     def edit(self, sample: EditSample, seed: int) -> EditedVideo:
