@@ -220,13 +220,13 @@ def test_benchmark_builds_the_configured_editor_and_times_each_pass(compose, mon
     from videoshop import benchmark
 
     seen = {}
-    monkeypatch.setattr(benchmark, "measure", lambda overrides, repeats: seen.update(o=overrides, r=repeats) or {})
+    monkeypatch.setattr(benchmark, "measure", lambda overrides, repeats, throughput: seen.update(o=overrides, r=repeats) or {})
     benchmark.main(["--frames", "3", "--height", "64", "--width", "112", "--steps", "4", "--device", "cpu",
                     "method.guidance=2.5"])
     assert seen["r"] == 2
     monkeypatch.undo()
     tiny = OmegaConf.to_container(compose().models.svd_backbone, resolve=True)
-    r = benchmark.measure(seen["o"], architecture={k: tiny[k] for k in ("unet", "vae", "clip")})
+    r = benchmark.measure(seen["o"], architecture={k: tiny[k] for k in ("unet", "vae", "clip")}, throughput=2)
     full = OmegaConf.to_container(compose("method=videoshop").method, resolve=True)
     expected = {k: v for k, v in full.items() if k not in ("backbone", "_target_", "device")}
     expected.update(num_frames=3, height=64, width=112, steps=4, guidance=2.5)
@@ -236,3 +236,7 @@ def test_benchmark_builds_the_configured_editor_and_times_each_pass(compose, mon
     assert r["seconds_per_unet_call_inversion"] > 0 and r["seconds_per_unet_call_generation"] > 0
     assert set(r["phases"]) == {"encode", "condition", "invert", "generate", "decode"}
     assert r["loops_s"] < sum(r["phases"].values()) <= r["seconds_per_edit"]
+    steady = r["throughput"]  # two more edits, saved as a run saves them
+    assert steady["edits"] == 2 and steady["edits_per_hour"] == pytest.approx(3600 * 2 / steady["seconds"])
+    assert set(steady["mean_phase_s"]) == {"encode", "condition", "invert", "generate", "decode", "save"}
+    assert 0 < sum(steady["mean_phase_s"].values()) * 2 <= steady["seconds"]

@@ -3,13 +3,16 @@
     python -m videoshop.benchmark                       14 × 576×1024, 25 steps, strength 0.55 (fp16 on CUDA)
     python -m videoshop.benchmark --frames 2 --height 64 --width 128 --steps 4     a reduced CPU measurement
     python -m videoshop.benchmark method.guidance=2     any other override of the composed config
+    python -m videoshop.benchmark --throughput 8 speed=fast    then 8 edits of distinct inputs, saved like a run's
 
 The editor is built from the composed config (`method=videoshop models=svd` plus the overrides: settings, size,
 frame count and seed are the config's), with its backbone swapped for seeded random weights of SVD's full
 architecture. `--repeats` edits run on random inputs; the first warms up (kernel selection, allocator) and the
 last is reported. Prints seconds per edit (the whole edit, timed by `harness.runner.edit_one` as every row's
 `seconds`), its phases (`info["phases"]`) and the sampling loops alone (inversion + generation), seconds per
-UNet call for the inversion (batch 1) and the CFG generation (batch 2), and peak memory. Random weights change no shape or operation
+UNet call for the inversion (batch 1) and the CFG generation (batch 2), and peak memory; with `--throughput N`, the
+steady state of a run (edits per hour, loading and warm-up excluded, and the mean time of every phase including
+saving the outputs). Random weights change no shape or operation
 count, so the timings stand for real SVD (only speed, not output, is meaningful).
 """
 from __future__ import annotations
@@ -32,9 +35,10 @@ def compose_config(overrides: list[str]):
     return run.compose("method=videoshop", "models=svd", *overrides)
 
 
-def measure(overrides: list[str] = (), repeats: int = 2, architecture: dict | None = None) -> dict:
+def measure(overrides: list[str] = (), repeats: int = 2, architecture: dict | None = None, throughput: int = 0) -> dict:
     """Build the configured editor on random SVD weights (`architecture`: unet/vae/clip configs, default SVD's full
-    size, `SVD_FULL`), run `repeats` edits, and return the last one's timings."""
+    size, `SVD_FULL`), run `repeats` edits, and return the last one's timings; with `throughput` > 0 also a run of
+    that many further edits of distinct inputs, each saved as a run saves it (lossless .mkv and .mp4)."""
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
@@ -77,7 +81,7 @@ def measure(overrides: list[str] = (), repeats: int = 2, architecture: dict | No
     out, costs = runs[-1]
     phases = dict(out.info["phases"])
     per_call = lambda b: float(np.mean(calls[b])) if calls.get(b) else None  # noqa: E731
-    return {
+    result = {
         "device": torch.cuda.get_device_name(c.device) if cuda else f"cpu ({torch.get_num_threads()} threads)",
         "dtype": str(c.dtype), "frames": frames, "height": height, "width": width, "seed": int(cfg.seed),
         "method_config": {k: v for k, v in OmegaConf.to_container(cfg.method, resolve=True).items()
@@ -90,6 +94,36 @@ def measure(overrides: list[str] = (), repeats: int = 2, architecture: dict | No
         "seconds_per_unet_call_generation": per_call(2), "unet_calls_generation": len(calls.get(2, [])),
         "peak_mem_mb": costs.peak_mem_mb, "peak_mem_kind": f"{'cuda max allocated' if cuda else 'peak RSS'} (last edit)",
     }
+    result["throughput"] = steady_state(method, sample, int(cfg.seed), str(device), throughput) if throughput > 0 else None
+    return result
+
+
+def steady_state(method, like: EditSample, seed: int, device: str, n: int) -> dict:
+    """`n` edits of distinct random inputs shaped like `like`, each saved as a run saves it; edits per hour (loading
+    and warm-up excluded) and the mean seconds of every phase, saving included."""
+    import tempfile
+    from pathlib import Path
+
+    from harness.results import RunDir
+    from harness.runner import edit_one
+
+    rng = np.random.default_rng(1)
+    totals: dict[str, float] = {}
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="benchmark-run-") as tmp:
+        run_dir = RunDir(Path(tmp))
+        for i in range(n):
+            sample = EditSample(f"throughput{i}", rng.integers(0, 256, like.source.shape, dtype=np.uint8),
+                                rng.integers(0, 256, like.edited_frame.shape, dtype=np.uint8))
+            out, _, _ = edit_one(method, sample, seed, device)
+            for name, seconds in out.info["phases"]:
+                totals[name] = totals.get(name, 0.0) + seconds
+            t = time.perf_counter()
+            run_dir.save_video(sample.id, out.frames, like.fps)
+            totals["save"] = totals.get("save", 0.0) + time.perf_counter() - t
+    wall = time.perf_counter() - t0
+    return {"edits": n, "seconds": wall, "edits_per_hour": 3600 * n / wall,
+            "mean_phase_s": {k: v / n for k, v in totals.items()}}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -102,12 +136,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--strength", type=float, help="fraction of the schedule used (default: the config's, 0.55)")
     p.add_argument("--repeats", type=int, default=2, help="edits to run; the first warms up, the last is reported")
     p.add_argument("--device", help="cpu | cuda (default: the config's device, auto)")
+    p.add_argument("--throughput", type=int, default=0, help="then N more edits of distinct inputs, saved as a run "
+                                                                 "saves them: edits per hour and time per phase")
     p.add_argument("overrides", nargs="*", help="further config overrides, e.g. method.guidance=2")
     a = p.parse_args(argv)
     flags = {"method.num_frames": a.frames, "method.height": a.height, "method.width": a.width,
              "method.steps": a.steps, "method.strength": a.strength, "device": a.device}
     overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + list(a.overrides)
-    result = measure(overrides, a.repeats)
+    result = measure(overrides, a.repeats, throughput=a.throughput)
     print(json.dumps(result, indent=2))
     return result
 
