@@ -12,8 +12,8 @@ last is reported. Prints seconds per edit (the whole edit, timed by `harness.run
 `seconds`), its phases (`info["phases"]`) and the sampling loops alone (inversion + generation), seconds per
 UNet call for the inversion (batch 1) and the CFG generation (batch 2), and peak memory; with `--throughput N`, the
 steady state of a run (edits per hour, loading and warm-up excluded, and the mean time of every phase including
-saving the outputs). Random weights change no shape or operation
-count, so the timings stand for real SVD (only speed, not output, is meaningful).
+saving the outputs). Random weights change no shape or operation count, so the timings stand for real SVD (only
+speed, not output, is meaningful).
 """
 from __future__ import annotations
 
