@@ -77,3 +77,19 @@ def test_speed_is_not_part_of_a_runs_identity(compose):
     base = fingerprint_config(compose("method=videoshop"), uses_models=True)
     assert fingerprint_config(compose("method=videoshop", "speed=fast"), uses_models=True) == base
     assert fingerprint_config(compose("method=videoshop", "method.guidance=2"), uses_models=True) != base
+
+
+@pytest.mark.slow
+def test_the_gate_at_full_size_edits_random_clips_on_random_weights(monkeypatch, compose):
+    """`--full-size` swaps the backbone for random weights of the configured architecture (here the tiny one, so
+    that it runs on a CPU) and edits random clips at the working size: both paths, same clips."""
+    from omegaconf import OmegaConf
+
+    import videoshop.models
+
+    tiny = OmegaConf.to_container(compose().models.svd_backbone, resolve=True)
+    monkeypatch.setattr(videoshop.models, "SVD_FULL", {k: tiny[k] for k in ("unet", "vae", "clip")})
+    result = gate.run_gate(["speed.channels_last=true", "metrics=basic", "threads=null", "method.num_frames=3"],
+                           n=2, full_size=True)
+    assert result.passed and [s["sample"] for s in result.samples] == ["random0", "random1"]
+    assert "gt_psnr" not in result.samples[0]["scores"]  # random clips have no ground truth
