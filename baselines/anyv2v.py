@@ -88,10 +88,6 @@ class AnyV2V(TextDrivenMethod):
         pos = [torch.full_like(lat, (k + 1) / (num_frames - 1)) for k in range(num_frames - 1)]
         return torch.cat([lat, *pos], dim=2)
 
-    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
-        lat = latents[0].permute(1, 0, 2, 3) / self.m.vae.config.scaling_factor
-        return components.decode_latents(self.m.vae, lat, self.decode_chunk)
-
     # --- the edit -------------------------------------------------------------------------------------
 
     @torch.no_grad()
@@ -157,8 +153,7 @@ class AnyV2V(TextDrivenMethod):
         finally:
             restore()
         phases.lap("generate")
-        video = self._decode(x)
-        frames = resize.to_benchmark(video, *sample.size)
+        frames = self.decode(x[0].permute(1, 0, 2, 3), sample.size)
         phases.lap("decode")
         return EditedVideo(frames, nfe=nfe_inv + nfe, info={"phases": phases.report(),
             "nfe_inversion": nfe_inv, "nfe_sampling": nfe, **prompts.info(),

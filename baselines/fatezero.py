@@ -208,7 +208,6 @@ class FateZero(TextDrivenMethod):
         self.dtype = components.dtype_for(device)
 
 
-
     def controller(self, source: str, target: str, state: FusionState) -> str:
         """Set the cross-attention fusion of `state`: a word swap when enabled and both prompts have as many words
         (`p2preplace_edit`), else a refinement. Returns the controller's name."""
@@ -296,8 +295,7 @@ class FateZero(TextDrivenMethod):
             phases.lap("generate")
         finally:
             restore()
-        video = components.decode_latents(vae, x / vae.config.scaling_factor, self.decode_chunk)
-        out = resize.to_benchmark(video, *sample.size)
+        out = self.decode(x, sample.size)
         phases.lap("decode")
         return EditedVideo(out, nfe=self.steps + nfe, info={
             "phases": phases.report(), "nfe_inversion": self.steps, "nfe_sampling": nfe, **prompts.info(),

@@ -151,9 +151,7 @@ class Pix2Video(TextDrivenMethod):
             err.nfe += nfe_inv
             raise
         phases.lap("generate")
-        lat = x / vae.config.scaling_factor
-        video = components.decode_latents(vae, lat, self.decode_chunk)
-        out = resize.to_benchmark(video, *sample.size)
+        out = self.decode(x, sample.size)
         phases.lap("decode")
         return EditedVideo(out, nfe=nfe_inv + nfe, info={"phases": phases.report(),
             "nfe_inversion": nfe_inv, "nfe_sampling": nfe, **prompts.info(), "inversion_prompt": prompts.source,

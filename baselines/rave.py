@@ -98,7 +98,6 @@ class RAVE(TextDrivenMethod):
         self.dtype = components.dtype_for(device)
 
 
-
     @torch.no_grad()
     def depth_condition(self, frames: torch.Tensor) -> torch.Tensor:
         """ControlNet conditions of N×3×H×W frames in [-1, 1]: N×3×H×W normalized ZoeDepth maps in [0, 1]."""

@@ -149,10 +149,8 @@ class Spacetime(TextDrivenMethod):
         self.weights_revision = self.m.weights_revision
         self.half = components.dtype_for(device) == torch.float16  # fp16 weights under fp16 autocast, fp32 latents
 
-
     def _autocast(self):
         return torch.autocast("cuda", dtype=torch.float16) if self.half else contextlib.nullcontext()
-
 
     def _eps(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         with self._autocast():
@@ -279,8 +277,7 @@ class Spacetime(TextDrivenMethod):
             err.nfe += self.inversion_steps
             raise
         phases.lap("generate")
-        video = components.decode_latents(vae, (x[0].transpose(0, 1) / scale).to(dtype), self.decode_chunk)
-        out = resize.to_benchmark(video, *sample.size)
+        out = self.decode(x[0].transpose(0, 1), sample.size)
         phases.lap("decode")
         losses = stats.pop("losses")
         return EditedVideo(out, nfe=self.inversion_steps + stats["nfe_sampling"], info={

@@ -194,7 +194,6 @@ class TokenFlow(TextDrivenMethod):
         self.weights_revision = self.m.weights_revision
         self.dtype = components.dtype_for(device)
 
-
     def starting_latent(self, traj: ddim.Trajectory, t: torch.Tensor) -> torch.Tensor:
         """The latent at timestep `t` that sampling starts from. `paper`: the inverted latent there. `release`: the
         clean latent x0 re-noised to `t` with the noise the most inverted latent z_T implies,
@@ -211,7 +210,6 @@ class TokenFlow(TextDrivenMethod):
         """One random frame per group of `group_size` consecutive frames."""
         offsets = torch.randint(self.group_size, (num_frames // self.group_size,), generator=generator)
         return [g * self.group_size + int(o) for g, o in enumerate(offsets)]
-
 
     @torch.no_grad()
     def edit(self, sample: EditSample, seed: int) -> EditedVideo:
@@ -267,9 +265,7 @@ class TokenFlow(TextDrivenMethod):
             state.mode = "off"
             restore()
         phases.lap("generate")
-        lat = x / vae.config.scaling_factor
-        video = components.decode_latents(vae, lat, self.decode_chunk)
-        frames = resize.to_benchmark(video, *sample.size)
+        frames = self.decode(x, sample.size)
         phases.lap("decode")
         return EditedVideo(frames, nfe=nfe_inv + nfe, info={"phases": phases.report(),
             "nfe_inversion": nfe_inv, "nfe_sampling": nfe, **prompts.info(), "inversion_prompt": "",
