@@ -80,24 +80,21 @@ class Store:
     def add(self, answers: list[Answer]) -> int:
         """Record a submission in one transaction, after `check`; returns how many answers were added."""
         with self.lock:
-            return self._add(answers)
-
-    def _add(self, answers: list[Answer]) -> int:
-        self.check(answers)
-        now = time.time()
-        try:
-            self.db.execute("BEGIN IMMEDIATE")
-            self.db.executemany(
-                "INSERT INTO answers (rater, pair_id, question, choice, seconds, origin, recorded_at) VALUES (?,?,?,?,?,?,?)",
-                [(a.rater, a.pair_id, a.question, a.choice, a.seconds, a.origin, now) for a in answers])
-            self.db.execute("COMMIT")
-        except sqlite3.IntegrityError as e:  # a concurrent request got there first
-            self.db.execute("ROLLBACK")
-            raise DuplicateAnswer(f"answer already recorded ({e}); the recorded answer is kept") from e
-        except BaseException:
-            if self.db.in_transaction:
+            self.check(answers)
+            now = time.time()
+            try:
+                self.db.execute("BEGIN IMMEDIATE")
+                self.db.executemany(
+                    "INSERT INTO answers (rater, pair_id, question, choice, seconds, origin, recorded_at) VALUES (?,?,?,?,?,?,?)",
+                    [(a.rater, a.pair_id, a.question, a.choice, a.seconds, a.origin, now) for a in answers])
+                self.db.execute("COMMIT")
+            except sqlite3.IntegrityError as e:  # a concurrent request got there first
                 self.db.execute("ROLLBACK")
-            raise
+                raise DuplicateAnswer(f"answer already recorded ({e}); the recorded answer is kept") from e
+            except BaseException:
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
+                raise
         return len(answers)
 
     def answers(self) -> list[Answer]:
