@@ -13,9 +13,12 @@ import platform
 import resource
 import sys
 import time
+import threading
 import traceback
 from collections import Counter
-from dataclasses import dataclass
+from concurrent.futures import Future
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,7 @@ from harness.method import EditMethod, NonFiniteEdit
 from harness.metric import Column, SetMetric, VideoMetric
 from harness.files import clean_stale_temps
 from harness.names import MAX_LEN, UnsafeName, check_name
+from harness.overlap import OneSlot, use_overlap
 from harness.results import DamagedRow, RunDir, find_runs
 from harness.types import Costs, EditedVideo, EditSample, ScoreRow
 
@@ -300,17 +304,21 @@ def run(cfg: DictConfig, overrides: list[str] = ()) -> dict[str, Any]:
     clean_stale_temps(run_dir.root)
 
     counts = {"ok": 0, "nan": 0, "failed": 0, "skipped": 0}
-    job = _Job(stage, dataset, method, suite, suite_key, run_dir, cfg.seed, device, counts)
+    job = _Job(stage, dataset, method, suite, suite_key, run_dir, cfg.seed, device, counts,
+               use_overlap(cfg.get("overlap"), device))
     bar = tqdm(ids, desc=f"{stage} {label} on {dataset.name}", unit="video", dynamic_ncols=True)
     busy = []
     try:
-        for sid in bar:
-            if not job.take(sid, blocking=False):
-                busy.append(sid)
-            bar.set_postfix(failed=counts["failed"], nan=counts["nan"])
-        for sid in busy:  # held by another process: wait for it, then do it here if that one did not
-            log.info("sample %s is being processed by another process; waiting for it", sid)
-            job.take(sid, blocking=True)
+        try:
+            for i, sid in enumerate(bar):
+                if not job.take(sid, blocking=False, then=ids[i + 1] if i + 1 < len(ids) else None):
+                    busy.append(sid)
+                bar.set_postfix(failed=counts["failed"], nan=counts["nan"])
+            for sid in busy:  # held by another process: wait for it, then do it here if that one did not
+                log.info("sample %s is being processed by another process; waiting for it", sid)
+                job.take(sid, blocking=True)
+        finally:
+            job.close()  # what is being written is finished, even on Ctrl-C
     except KeyboardInterrupt:
         bar.close()
         raise Interrupted(sum(r.status in ("ok", "nan") for r in run_dir.rows())) from None
@@ -403,8 +411,24 @@ def _where(dataset) -> str:
 
 
 @dataclass
+class _Done:
+    """A processed sample still to be written: its edited video (when the edit gave frames) and features, then its
+    row, written last so that a sample counts as done only once everything it has is on disk."""
+
+    row: ScoreRow
+    old: ScoreRow | None = None
+    frames: np.ndarray | None = None
+    fps: float | None = None
+    feats: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
 class _Job:
-    """One run's loop body: claim a sample, skip it when done, else edit or re-score it and write its row."""
+    """One run's loop body: claim a sample, skip it when done, else edit or re-score it and write its row.
+
+    With `overlap` (`harness.overlap`), the next sample is read and the last one written in the background while the
+    GPU works; the order of what is written, and every result, are those of the plain loop.
+    """
 
     stage: str
     dataset: Any
@@ -415,73 +439,137 @@ class _Job:
     seed: int
     device: str
     counts: dict[str, int]
+    overlap: bool = False
 
     def __post_init__(self):
         self.unsafe: dict[str, str] = {}
+        self._counting = threading.Lock()
+        self._reader = OneSlot("read-ahead") if self.overlap else None
+        self._writer = OneSlot("write-behind") if self.overlap else None
+        self._ahead: tuple[str, Future] | None = None
 
-    def take(self, sid: str, blocking: bool) -> bool:
-        """Process `sid` under its claim; False when another process holds the claim (and `blocking` is False)."""
+    def take(self, sid: str, blocking: bool, then: str | None = None) -> bool:
+        """Process `sid` under its claim; False when another process holds the claim (and `blocking` is False).
+        `then`, the id likely to come next, is read ahead while `sid` is edited."""
         try:
             claim = self.run_dir.sample_lock(sid, blocking)
         except UnsafeName as e:  # datasets check their ids; this guards any other source of ids
             self.unsafe[str(sid)] = str(e)
-            self.counts["failed"] += 1
+            self._count("failed")
             log.error("%s", e)
             return True
-        with claim as held:
-            if not held:
-                return False
-            self._one(sid)
+        held_claim = ExitStack()
+        if not held_claim.enter_context(claim):
+            held_claim.close()
+            return False
+        try:
+            done = self._one(sid, then)
+        except BaseException:
+            held_claim.close()
+            raise
+        if done is None:
+            held_claim.close()
+        elif self._writer is not None:
+            self._writer.submit(self._write, done, held_claim)
+        else:
+            self._write(done, held_claim)
         return True
 
-    def _one(self, sid: str) -> None:
+    def close(self) -> None:
+        """Finish what is being written; stop the background threads."""
+        for slot in (self._writer, self._reader):
+            if slot is not None:
+                slot.close()
+
+    def _todo(self, sid: str, quiet: bool = False) -> tuple[bool, ScoreRow | None]:
+        """Whether `sid` needs work in this stage, and its old row (None when missing or damaged)."""
         try:
             old = self.run_dir.row(sid)
         except DamagedRow as e:
-            log.error("%s", e)
-            old = None
-            if self.stage == "score":  # its costs are lost with it: only stage=edit can redo it
-                return
-        if self.stage == "edit" and old is not None and old.status in ("ok", "nan"):
-            self.counts["skipped"] += 1
-            self.counts[old.status] += 1
-            return
-        if self.stage == "score" and (old is None or old.status == "failed"):
-            return
+            if not quiet:
+                log.error("%s", e)
+            return self.stage == "edit", None  # its costs are lost with it: only stage=edit can redo it
+        if self.stage == "edit":
+            return old is None or old.status not in ("ok", "nan"), old
+        return old is not None and old.status != "failed", old
+
+    def _one(self, sid: str, then: str | None) -> _Done | None:
+        todo, old = self._todo(sid)
+        if not todo:
+            if self.stage == "edit" and old is not None:
+                self._count("skipped")
+                self._count(old.status)
+            return None
         if self.stage == "score" and old.status == "nan":  # nothing to score: NaN in every column of this suite
-            row = ScoreRow(sid, "nan", nan_scores(self.suite), old.costs, old.error, old.edit_type, old.info)
-        else:
-            row = _process(self.stage, sid, self.dataset, self.method, self.suite, self.run_dir, self.seed, self.device,
-                           old)
-        row.suite = self.suite_key if row.status != "failed" else (old.suite if old else None)
-        self.run_dir.write_row(row)
-        self.counts[row.status] += 1
-        if row.status == "failed":
-            log.error("sample %s failed: %s", sid, row.error.splitlines()[-1] if row.error else "?")
+            return _Done(ScoreRow(sid, "nan", nan_scores(self.suite), old.costs, old.error, old.edit_type, old.info),
+                         old)
+        return self._process(sid, old, then)
+
+    def _load(self, sid: str, then: str | None) -> EditSample:
+        """`sid`'s sample (read ahead when it was `then` last time); starts reading `then`."""
+        ahead, self._ahead = self._ahead, None
+        sample = ahead[1].result() if ahead is not None else None  # awaited even when unused: one reader at a time
+        if ahead is None or ahead[0] != sid or sample is None:
+            sample = self.dataset.load(sid)
+        if self._reader is not None and then is not None:
+            self._ahead = (then, self._reader.submit(self._read_ahead, then))
+        return sample
+
+    def _read_ahead(self, sid: str) -> EditSample | None:
+        """The sample when it will need work; None when it will not, or when reading it fails (it is then read again
+        in the loop, so that its error lands in its row)."""
+        try:
+            return self.dataset.load(sid) if self._todo(sid, quiet=True)[0] else None
+        except Exception:
+            return None
+
+    def _process(self, sid: str, old: ScoreRow | None, then: str | None) -> _Done:
+        edit_type, info, frames = None, {}, None
+        try:
+            sample = self._load(sid, then)
+            edit_type = sample.edit_type
+            if self.stage == "edit":
+                out, costs, nonfinite = edit_one(self.method, sample, self.seed, self.device)
+                if nonfinite is not None:
+                    return _Done(ScoreRow(sid, "nan", nan_scores(self.suite), costs, f"NonFiniteEdit: {nonfinite}",
+                                          edit_type), old)
+                frames, info = out.frames, plain_info(out.info)
+            else:
+                costs, info = old.costs, old.info
+                sample_frames = self.run_dir.load_video(sid)
+            scores, feats = score_one(self.suite, sample, frames if self.stage == "edit" else sample_frames)
+            return _Done(ScoreRow(sid, "ok", scores, costs, None, edit_type, info), old, frames, sample.fps, feats)
+        except KeyboardInterrupt:
+            raise
+        except Exception as e:  # one bad sample must not stop the run; an edit that gave frames still saves them
+            row = ScoreRow(sid, "failed", {}, old.costs if (old and self.stage == "score") else Costs(),
+                           _error(e), edit_type)
+            return _Done(row, old, frames, sample.fps if frames is not None else None)
+
+    def _write(self, done: _Done, held_claim: ExitStack) -> None:
+        """Save the edit's video and features, then the row; release the claim."""
+        with held_claim:
+            row = done.row
+            try:
+                if done.frames is not None:
+                    self.run_dir.save_video(row.sample_id, done.frames, done.fps)
+                if done.feats and row.status == "ok":
+                    self.run_dir.save_features(row.sample_id, done.feats)
+            except Exception as e:
+                row = ScoreRow(row.sample_id, "failed", {}, row.costs, _error(e), row.edit_type)
+            row.suite = self.suite_key if row.status != "failed" else (done.old.suite if done.old else None)
+            self.run_dir.write_row(row)
+            self._count(row.status)
+            if row.status == "failed":
+                log.error("sample %s failed: %s", row.sample_id, row.error.splitlines()[-1] if row.error else "?")
+
+    def _count(self, key: str) -> None:
+        with self._counting:
+            self.counts[key] += 1
 
 
-def _process(stage, sid, dataset, method, suite, run_dir, seed, device, old: ScoreRow | None) -> ScoreRow:
-    edit_type, info = None, {}
-    try:
-        sample = dataset.load(sid)
-        edit_type = sample.edit_type
-        if stage == "edit":
-            out, costs, nonfinite = edit_one(method, sample, seed, device)
-            if nonfinite is not None:
-                return ScoreRow(sid, "nan", nan_scores(suite), costs, f"NonFiniteEdit: {nonfinite}", edit_type)
-            frames, info = out.frames, plain_info(out.info)
-            run_dir.save_video(sid, frames, sample.fps)
-        else:
-            frames, costs, info = run_dir.load_video(sid), old.costs, old.info
-        scores, feats = score_one(suite, sample, frames)
-        if feats:
-            run_dir.save_features(sid, feats)
-        return ScoreRow(sid, "ok", scores, costs, None, edit_type, info)
-    except KeyboardInterrupt:
-        raise
-    except Exception as e:  # one bad sample must not stop the run
-        return ScoreRow(sid, "failed", {}, old.costs if (old and stage == "score") else Costs(),
-                        f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=6)}", edit_type)
+def _error(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=6)}"
 
 
 def plain_info(info: dict[str, Any]) -> dict[str, Any]:
