@@ -304,24 +304,15 @@ def run(cfg: DictConfig, overrides: list[str] = ()) -> dict[str, Any]:
     clean_stale_temps(run_dir.root)
 
     counts = {"ok": 0, "nan": 0, "failed": 0, "skipped": 0}
-    job = _Job(stage, dataset, method, suite, suite_key, run_dir, cfg.seed, device, counts,
-               use_overlap(cfg.get("overlap"), device))
-    bar = tqdm(ids, desc=f"{stage} {label} on {dataset.name}", unit="video", dynamic_ncols=True)
-    busy = []
+    job = Job(stage, dataset, method, suite, suite_key, run_dir, cfg.seed, device, counts,
+              use_overlap(cfg.get("overlap"), device))
+    bar = tqdm(total=len(ids), desc=f"{stage} {label} on {dataset.name}", unit="video", dynamic_ncols=True)
     try:
-        try:
-            for i, sid in enumerate(bar):
-                if not job.take(sid, blocking=False, then=ids[i + 1] if i + 1 < len(ids) else None):
-                    busy.append(sid)
-                bar.set_postfix(failed=counts["failed"], nan=counts["nan"])
-            for sid in busy:  # held by another process: wait for it, then do it here if that one did not
-                log.info("sample %s is being processed by another process; waiting for it", sid)
-                job.take(sid, blocking=True)
-        finally:
-            job.close()  # what is being written is finished, even on Ctrl-C
+        job.run(ids, bar)
     except KeyboardInterrupt:
-        bar.close()
         raise Interrupted(sum(r.status in ("ok", "nan") for r in run_dir.rows())) from None
+    finally:
+        bar.close()
 
     summary = write_summary(run_dir, suite, suite_key, label, str(dataset.name), str(cfg.models.name),
                             _edit_is_tiny(cfg, method), counts["skipped"],
@@ -423,7 +414,7 @@ class _Done:
 
 
 @dataclass
-class _Job:
+class Job:
     """One run's loop body: claim a sample, skip it when done, else edit or re-score it and write its row.
 
     With `overlap` (`harness.overlap`), the next sample is read and the last one written in the background while the
@@ -447,6 +438,23 @@ class _Job:
         self._reader = OneSlot("read-ahead") if self.overlap else None
         self._writer = OneSlot("write-behind") if self.overlap else None
         self._ahead: tuple[str, Future] | None = None
+
+    def run(self, ids: list[str], bar: tqdm | None = None) -> None:
+        """Process `ids` in order, each read ahead while the one before it is edited; samples another process holds
+        are waited for at the end, and done here if that process did not finish them."""
+        busy = []
+        try:
+            for i, sid in enumerate(ids):
+                if not self.take(sid, blocking=False, then=ids[i + 1] if i + 1 < len(ids) else None):
+                    busy.append(sid)
+                if bar is not None:
+                    bar.update()
+                    bar.set_postfix(failed=self.counts["failed"], nan=self.counts["nan"])
+            for sid in busy:
+                log.info("sample %s is being processed by another process; waiting for it", sid)
+                self.take(sid, blocking=True)
+        finally:
+            self.close()  # what is being written is finished, even on Ctrl-C
 
     def take(self, sid: str, blocking: bool, then: str | None = None) -> bool:
         """Process `sid` under its claim; False when another process holds the claim (and `blocking` is False).

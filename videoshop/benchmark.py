@@ -11,9 +11,9 @@ architecture. `--repeats` edits run on random inputs; the first warms up (kernel
 last is reported. Prints seconds per edit (the whole edit, timed by `harness.runner.edit_one` as every row's
 `seconds`), its phases (`info["phases"]`) and the sampling loops alone (inversion + generation), seconds per
 UNet call for the inversion (batch 1) and the CFG generation (batch 2), and peak memory; with `--throughput N`, the
-steady state of a run (edits per hour, loading and warm-up excluded, and the mean time of every phase including
-saving the outputs). Random weights change no shape or operation count, so the timings stand for real SVD (only
-speed, not output, is meaningful).
+steady state of a run, in turn and with `overlap` (edits per hour, loading and warm-up excluded, the mean time of
+every phase, and the mean time between edits: the GPU's idle time per sample). Random weights change no shape or
+operation count, so the timings stand for real SVD (only speed, not output, is meaningful).
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def compose_config(overrides: list[str]):
 def measure(overrides: list[str] = (), repeats: int = 2, architecture: dict | None = None, throughput: int = 0) -> dict:
     """Build the configured editor on random SVD weights (`architecture`: unet/vae/clip configs, default SVD's full
     size, `SVD_FULL`), run `repeats` edits, and return the last one's timings; with `throughput` > 0 also a run of
-    that many further edits of distinct inputs, each saved as a run saves it (lossless .mkv and .mp4)."""
+    that many further edits of distinct inputs run as `stage=edit` runs them (`steady_state`)."""
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
@@ -99,31 +99,48 @@ def measure(overrides: list[str] = (), repeats: int = 2, architecture: dict | No
 
 
 def steady_state(method, like: EditSample, seed: int, device: str, n: int) -> dict:
-    """`n` edits of distinct random inputs shaped like `like`, each saved as a run saves it; edits per hour (loading
-    and warm-up excluded) and the mean seconds of every phase, saving included."""
+    """`n` edits of distinct random inputs shaped like `like`, run as `stage=edit` runs them (each read from a sample
+    folder, edited, saved and its row written; no metrics), once in turn and once with `overlap`: for each, edits per
+    hour (loading and warm-up excluded), the mean seconds of every phase of an edit, and the mean time between edits
+    (reading and writing that did not run beside an edit), so the GPU's idle time per sample."""
     import tempfile
     from pathlib import Path
 
+    from data.folder import FolderDataset
+    from data.video_io import write_image, write_video_lossless
     from harness.results import RunDir
-    from harness.runner import edit_one
+    from harness.runner import Job, Suite
 
     rng = np.random.default_rng(1)
-    totals: dict[str, float] = {}
-    t0 = time.perf_counter()
+    out: dict = {"edits": n}
     with tempfile.TemporaryDirectory(prefix="benchmark-run-") as tmp:
-        run_dir = RunDir(Path(tmp))
+        inputs = Path(tmp) / "inputs"
         for i in range(n):
-            sample = EditSample(f"throughput{i}", rng.integers(0, 256, like.source.shape, dtype=np.uint8),
-                                rng.integers(0, 256, like.edited_frame.shape, dtype=np.uint8))
-            out, _, _ = edit_one(method, sample, seed, device)
-            for name, seconds in out.info["phases"]:
-                totals[name] = totals.get(name, 0.0) + seconds
-            t = time.perf_counter()
-            run_dir.save_video(sample.id, out.frames, like.fps)
-            totals["save"] = totals.get("save", 0.0) + time.perf_counter() - t
-    wall = time.perf_counter() - t0
-    return {"edits": n, "seconds": wall, "edits_per_hour": 3600 * n / wall,
-            "mean_phase_s": {k: v / n for k, v in totals.items()}}
+            write_video_lossless(inputs / f"throughput{i}" / "source.mkv",
+                                 rng.integers(0, 256, like.source.shape, dtype=np.uint8), like.fps)
+            write_image(inputs / f"throughput{i}" / "edited.png",
+                        rng.integers(0, 256, like.edited_frame.shape, dtype=np.uint8))
+        for mode, overlap in (("in_turn", False), ("overlap", True)):
+            dataset = FolderDataset(inputs, num_frames=like.source.shape[0])
+            run_dir = RunDir(Path(tmp) / mode)
+            counts = {"ok": 0, "nan": 0, "failed": 0, "skipped": 0}
+            job = Job("edit", dataset, method, Suite({}, {}), "none", run_dir, seed, device, counts, overlap)
+            t0 = time.perf_counter()
+            job.run(dataset.ids())
+            wall = time.perf_counter() - t0
+            rows = run_dir.rows()
+            if counts["ok"] != n:
+                raise RuntimeError(f"{mode}: {counts['failed']} of {n} edits failed: "
+                                   f"{[r.error for r in rows if r.status == 'failed'][:1]}")
+            totals: dict[str, float] = {}
+            for r in rows:
+                for name, seconds in r.info["phases"]:
+                    totals[name] = totals.get(name, 0.0) + seconds
+            edits_s = sum(r.costs.seconds for r in rows)
+            out[mode] = {"seconds": wall, "edits_per_hour": 3600 * n / wall,
+                         "mean_phase_s": {k: v / n for k, v in totals.items()},
+                         "mean_between_edits_s": (wall - edits_s) / n}
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -136,8 +153,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--strength", type=float, help="fraction of the schedule used (default: the config's, 0.55)")
     p.add_argument("--repeats", type=int, default=2, help="edits to run; the first warms up, the last is reported")
     p.add_argument("--device", help="cpu | cuda (default: the config's device, auto)")
-    p.add_argument("--throughput", type=int, default=0, help="then N more edits of distinct inputs, saved as a run "
-                                                                 "saves them: edits per hour and time per phase")
+    p.add_argument("--throughput", type=int, default=0, help="then N edits of distinct inputs run as a run "
+                                                                 "runs them, in turn and with overlap: edits per hour, "
+                                                                 "time per phase, time between edits")
     p.add_argument("overrides", nargs="*", help="further config overrides, e.g. method.guidance=2")
     a = p.parse_args(argv)
     flags = {"method.num_frames": a.frames, "method.height": a.height, "method.width": a.width,
