@@ -1,7 +1,6 @@
 """`overlap`: the next sample read and the last one written beside the edit, with the results of the plain loop."""
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 
@@ -91,20 +90,6 @@ def test_overlapped_run_equals_the_plain_one(compose, tmp_path):
         assert {k: v for k, v in a.info.items() if k != "phases"} == {k: v for k, v in b.info.items() if k != "phases"}
         np.testing.assert_array_equal(read_video(plain.sample_dir(sid) / "edited.mkv"),
                                       read_video(over.sample_dir(sid) / "edited.mkv"))
-
-
-def test_a_sample_that_fails_to_read_ahead_fails_alone_with_its_file(compose, tmp_path, data_dir):
-    root = tmp_path / "mine"
-    ids = sorted(p.name for p in (data_dir / "sample").iterdir() if p.is_dir())[:3]
-    for sid in ids:
-        shutil.copytree(data_dir / "sample" / sid, root / sid)
-    bad = root / ids[1] / "source.mkv"
-    bad.write_bytes(bad.read_bytes()[:2000])  # truncated: fails in the read-ahead thread, then again in its row
-    summary = run.main(compose("metrics=basic", "method=identity", "dataset=folder", f"dataset.root={root}",
-                               "overlap=true"))
-    rows = {r.sample_id: r for r in _run_dir(tmp_path / "results", "identity", "folder").rows()}
-    assert summary["n_failed"] == 1 and summary["n_ok"] == 2
-    assert rows[ids[1]].status == "failed" and ids[1] in rows[ids[1]].error and "source.mkv" in rows[ids[1]].error
 
 
 def test_a_write_that_fails_behind_fails_its_sample_and_releases_it(compose, tmp_path, monkeypatch, sample_track):

@@ -46,7 +46,9 @@ def test_changed_config_in_same_folder_is_refused(compose):
         run.main(compose("metrics=basic", "method=identity", "dataset.limit=1", "seed=7"))
 
 
-def test_corrupt_sample_fails_alone(compose, tmp_path, data_dir):
+@pytest.mark.parametrize("overlap", [False, True])
+def test_corrupt_sample_fails_alone(compose, tmp_path, data_dir, overlap):
+    """Also when read ahead (`overlap`): it fails there first, then again in the loop, where its row gets the error."""
     import shutil
 
     root = tmp_path / "mine"
@@ -55,7 +57,8 @@ def test_corrupt_sample_fails_alone(compose, tmp_path, data_dir):
         shutil.copytree(data_dir / "sample" / sid, root / sid)
     bad = root / ids[1] / "source.mkv"
     bad.write_bytes(bad.read_bytes()[:2000])  # truncated video
-    summary = run.main(compose("metrics=basic", "method=identity", "dataset=folder", f"dataset.root={root}"))
+    summary = run.main(compose("metrics=basic", "method=identity", "dataset=folder", f"dataset.root={root}",
+                               f"overlap={str(overlap).lower()}"))
     rows = _rows(tmp_path / "results", "identity", dataset="folder")
     assert summary["n_failed"] == 1 and summary["n_ok"] == 2
     assert rows[ids[1]].status == "failed"
