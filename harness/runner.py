@@ -542,10 +542,11 @@ class Job:
                     return _Done(ScoreRow(sid, "nan", nan_scores(self.suite), costs, f"NonFiniteEdit: {nonfinite}",
                                           edit_type), old)
                 frames, info = out.frames, plain_info(out.info)
+                scored = frames
             else:
                 costs, info = old.costs, old.info
-                sample_frames = self.run_dir.load_video(sid)
-            scores, feats = score_one(self.suite, sample, frames if self.stage == "edit" else sample_frames)
+                scored = self.run_dir.load_video(sid)
+            scores, feats = score_one(self.suite, sample, scored)
             return _Done(ScoreRow(sid, "ok", scores, costs, None, edit_type, info), old, frames, sample.fps, feats)
         except KeyboardInterrupt:
             raise
