@@ -10,6 +10,24 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
+def tiny_method(name: str, *overrides: str, **kw):
+    """conf/method/<name>.yaml instantiated as run.py would, with tiny models on the CPU; `kw` replace its entries."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"method={name}", "models=tiny", "device=cpu", *overrides])
+    return instantiate(cfg.method, **kw)
+
+
+def first_sample(sample_track, frames: int, **fields):
+    """The sample track's first sample cut to its first `frames` frames, with `fields` replaced."""
+    import dataclasses
+
+    full = sample_track.load(sample_track.ids()[0])
+    return dataclasses.replace(full, source=full.source[:frames], **fields)
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory) -> Path:
     """A data_dir holding the built sample track (built once per session)."""

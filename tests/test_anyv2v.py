@@ -15,23 +15,13 @@ from omegaconf import OmegaConf
 import run
 from baselines import components, ddim, injection, resize
 from harness.results import RunDir
+from tests.conftest import tiny_method
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TINY = OmegaConf.create({"kind": "i2vgen", "repo": "ali-vilab/i2vgen-xl", "tiny": True, "seed": 0})
-
-
-def _method(**kw):
-    from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
-
-    from tests.conftest import REPO
-
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["method=anyv2v", "models=tiny", "device=cpu"])
-    return instantiate(cfg.method, **kw)
 
 
 @pytest.mark.slow
@@ -62,12 +52,13 @@ def _plain_json(value) -> bool:
 def test_injection_changes_the_edit(sample_track):
     full = sample_track.load(sample_track.ids()[0])
     sample = dataclasses.replace(full, source=full.source[:5])  # AnyV2V takes any frame count; fewer is faster
-    edit = _method().edit(sample, 0)
+    edit = tiny_method("anyv2v").edit(sample, 0)
     with_inj = edit.frames
-    without = _method(injection_until={"conv": 0, "spatial": 0, "temporal": 0}).edit(sample, 0).frames
+    without = tiny_method("anyv2v", injection_until={"conv": 0, "spatial": 0, "temporal": 0}).edit(sample, 0).frames
     assert with_inj.shape == without.shape == sample.source.shape
     assert np.abs(with_inj.astype(float) - without).mean() > 0.5
-    np.testing.assert_array_equal(_method().edit(sample, 123).frames, with_inj)  # the published seed, whatever the run's
+    # the published seed, whatever the run's
+    np.testing.assert_array_equal(tiny_method("anyv2v").edit(sample, 123).frames, with_inj)
     info = edit.info
     assert all(_plain_json(v) for v in info.values()), info
     assert json.loads(json.dumps(info)) == info
@@ -81,7 +72,7 @@ def test_keep_aspect_runs_at_the_clip_aspect_and_maps_back(sample_track):
     sample = dataclasses.replace(full, source=full.source[:3], source_prompt=None, target_prompt=None)
     assert sample.size == (256, 448)  # wide (7:4), like HD-VILA's 16:9 clips
     fallback = OmegaConf.create({"fallback": "caption_edited", "captioner": {"tiny": True, "seed": 0, "max_new_tokens": 5}})
-    edit = _method(keep_aspect=True, prompts=fallback).edit(sample, 0)
+    edit = tiny_method("anyv2v", keep_aspect=True, prompts=fallback).edit(sample, 0)
     assert edit.info["working_size"] == [48, 80]  # 64² pixels at 7:4, sides multiples of 16 (tiny overrides)
     assert edit.frames.shape == sample.source.shape
     assert edit.info["prompt_origin"] == "caption_edited" and edit.info["prompts_made_by"] == "captioner tiny random BLIP (seed 0)"
@@ -107,7 +98,7 @@ def test_non_finite_latents_raise_with_their_cost(sample_track):
 
     full = sample_track.load(sample_track.ids()[0])
     sample = dataclasses.replace(full, source=full.source[:3])
-    method = _method(guidance_scale=float("inf"))
+    method = tiny_method("anyv2v", guidance_scale=float("inf"))
     with pytest.raises(NonFiniteEdit) as err:
         method.edit(sample, 0)
     assert err.value.nfe == method.inversion_steps + 1
@@ -193,7 +184,7 @@ def test_conv_injection_replaces_only_the_residual_branch():
 def test_configured_layers_inject_only_attn1_of_temporal_and_spatial_blocks():
     """AnyV2V's config injects attn1 of 8 spatial and 8 temporal decoder blocks; the temporal blocks' attn2
     (also a self-attention in I2VGen-XL) and everything else keep their processors."""
-    method = _method()
+    method = tiny_method("anyv2v")
     unet = method.m.unet
     attention = {k: v for k, v in method.layers.items() if k != "conv"}
     assert set(attention) == {"spatial", "temporal"} and method.layers["conv"] == [CONV]
@@ -297,7 +288,7 @@ def test_prompt_embeddings_match_the_i2vgenxl_pipeline_call():
 
     from diffusers import I2VGenXLPipeline
 
-    method = _method()
+    method = tiny_method("anyv2v")
     clip_skip = inspect.signature(I2VGenXLPipeline.__call__).parameters["clip_skip"].default
     assert clip_skip == 1
     pipe = SimpleNamespace(tokenizer=method.m.tokenizer, text_encoder=_FlatCLIPTextModel(method.m.text_encoder),
@@ -321,7 +312,7 @@ def test_image_conditioning_matches_diffusers_i2vgenxl_pipeline():
     """CLIP-image conditioning as diffusers' own I2VGenXLPipeline computes it (the reference)."""
     import PIL.Image
 
-    method = _method()
+    method = tiny_method("anyv2v")
     pipe = _pipeline(method)
     pipe._guidance_scale = 1.0
     rng = np.random.default_rng(0)

@@ -3,7 +3,6 @@ recomputed source attention against the inversion's own maps, the fused attentio
 self), and the end-to-end run on the sample track."""
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from omegaconf import OmegaConf
 import run
 from baselines import components, fatezero, injection, p2p, resize
 from harness.results import RunDir
+from tests.conftest import first_sample, tiny_method
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -24,20 +24,8 @@ RECOMPUTE_TOL = 1e-6  # |inversion map − recomputed map|: the same computation
 SWAP = ("a portrait of an astronaut with a red ball", "a portrait of an astronaut with a blue ball")
 
 
-def _method(*overrides: str) -> fatezero.FateZero:
-    from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
-
-    from tests.conftest import REPO
-
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["method=fatezero", "models=tiny", "device=cpu", *overrides])
-    return instantiate(cfg.method)
-
-
 def _sample(sample_track, frames: int = 5, prompts: tuple[str, str] = SWAP):
-    full = sample_track.load(sample_track.ids()[0])
-    return dataclasses.replace(full, source=full.source[:frames], source_prompt=prompts[0], target_prompt=prompts[1])
+    return first_sample(sample_track, frames, source_prompt=prompts[0], target_prompt=prompts[1])
 
 
 def _edit(method, sample, monkeypatch):
@@ -171,7 +159,7 @@ def test_blend_mask_covers_the_changed_words_attention_and_is_binary():
 def test_stored_blend_maps_reduce_the_source_cross_attention_of_the_16x16_layers(sample_track, monkeypatch):
     """The blend map of each timestep = the source's cross-attention of the blend words ("red"), summed over those
     tokens, averaged over heads and the layers `down_cross[2:4] + up_cross[:3]` of the controlled ones, pooled."""
-    method = _method()
+    method = tiny_method("fatezero")
     edit, state = _edit(method, _sample(sample_track), monkeypatch)
     assert edit.info["blend_words"] == ["red"] and edit.info["controller"] == "replace"
     assert state.blend_tokens == p2p.word_indices(SWAP[0], "red", method.m.tokenizer) and state.blend_tokens
@@ -193,7 +181,7 @@ def test_stored_blend_maps_reduce_the_source_cross_attention_of_the_16x16_layers
 def test_recomputed_source_maps_equal_the_maps_stored_during_inversion(sample_track, monkeypatch):
     """Every controlled map (self and cross) of the editing call's source branch at timestep t equals the map the
     inversion computed at t, i.e. from its input x_{t_prev}; the maps of other timesteps differ."""
-    method = _method()
+    method = tiny_method("fatezero")
     _, state = _edit(method, _sample(sample_track), monkeypatch)
     rec = state.record
     edit_keys = [k for k in rec if k[0] == "edit" and k[3] == "source"]
@@ -215,7 +203,7 @@ def test_identical_prompts_with_full_replacement_give_the_edit_branch_the_source
     """cross_replace = self_replace = 1 and target = source: in every layer with at most 4² queries (the tiny 32²),
     at every step, the edit branch's attention is exactly the source branch's, though its own differs. The 8² level
     is above the threshold and never fused."""
-    method = _method("method.cross_replace=1.0", "method.self_replace=1.0")
+    method = tiny_method("fatezero", "method.cross_replace=1.0", "method.self_replace=1.0")
     _, state = _edit(method, _sample(sample_track, prompts=(SWAP[0], SWAP[0])), monkeypatch)
     rec = state.record
     targets = [k for k in rec if k[0] == "edit" and k[3] == "target"]
@@ -241,7 +229,7 @@ def test_self_attention_replacement_gives_the_edit_branch_the_blended_source_map
     normalized word maps lie within 0.94–1), and this threshold makes a mask of both values."""
     bigger = ("models.sd14.overrides.size=128", "models.sd14.overrides.attention_max_tokens=64",
               "method.blend_threshold=0.99")
-    method = _method(*bigger)
+    method = tiny_method("fatezero", *bigger)
     _, state = _edit(method, _sample(sample_track), monkeypatch)
     n_self = p2p.self_replace_steps(method.self_fraction, method.steps)
     steps = sorted({k[1] for k in state.record if k[0] == "edit"}, reverse=True)  # editing order: t descending
@@ -262,7 +250,7 @@ def test_self_attention_replacement_gives_the_edit_branch_the_blended_source_map
     masks = torch.cat([m.flatten() for m in state.masks.values()])
     assert 0 < masks.mean() < 1 and replaced >= 3 and kept > 0
 
-    _, off = _edit(_method("method.self_replace=0", *bigger), _sample(sample_track), monkeypatch)
+    _, off = _edit(tiny_method("fatezero", "method.self_replace=0", *bigger), _sample(sample_track), monkeypatch)
     for (phase, t, name, branch), tgt in off.record.items():
         if phase == "edit" and branch == "target" and name.endswith("attn1"):
             assert torch.equal(tgt, off.record[(phase, t, name, "target_own")])
@@ -272,7 +260,7 @@ def test_self_attention_replacement_gives_the_edit_branch_the_blended_source_map
 def test_without_fusion_the_edit_is_plain_cfg_sampling_from_the_inversion(sample_track):
     """cross_replace = self_replace = 0: the source branch must not reach the other two, so the edit equals CFG
     sampling with only [uncond, target] in the batch (same sparse-causal UNet) from the same inverted x_T."""
-    method = _method("method.cross_replace=0", "method.self_replace=0")
+    method = tiny_method("fatezero", "method.cross_replace=0", "method.self_replace=0")
     sample = _sample(sample_track, frames=3)
     edit = method.edit(sample, 0)
     m, T = method.m, sample.num_frames
@@ -301,7 +289,7 @@ def test_fused_self_attention_is_the_source_map_applied_to_the_edits_own_values(
     """One fused self-attention call, 3 branches × 2 frames, no blend words: unconditional and source outputs are
     plain sparse-causal attention (keys/values of frame 1 of their branch); the target's output is the source's
     probabilities times the target's own values, as FateZero's `_attention` does after the controller."""
-    method = _method()
+    method = tiny_method("fatezero")
     unet = method.m.unet
     attn = unet.get_submodule("down_blocks.1.attentions.0.transformer_blocks.0.attn1")  # 16 wide, 4² queries
     x = torch.randn(6, 16, 16, generator=torch.Generator().manual_seed(0))
@@ -324,7 +312,7 @@ def test_sparse_causal_attention_takes_keys_from_the_middle_frame_in_wide_blocks
     """`sparse_min_channels` 16 (640 / 40): self-attention of the 16- and 32-wide blocks attends to frame (F−1)//2 of
     its own branch, so those frames' outputs change when only the middle frame's input changes; the 8-wide blocks
     attend to themselves."""
-    method = _method()
+    method = tiny_method("fatezero")
     unet = method.m.unet
     state = fatezero.FusionState(frames=5, sparse_frame=2, max_tokens=16, latent_hw=(8, 8))
     restore = fatezero.install(unet, state, method.sparse_min_channels)
@@ -360,14 +348,15 @@ def test_centre_crop_matches_the_authors_loader():
 def test_squash_mode_sees_the_whole_frame(sample_track):
     """crop_mode=squash resizes the whole frame to 64² instead of cropping its centre: another edit, same shape."""
     sample = _sample(sample_track, frames=3)
-    crop, squash = _method().edit(sample, 0), _method("method.crop_mode=squash").edit(sample, 0)
+    crop = tiny_method("fatezero").edit(sample, 0)
+    squash = tiny_method("fatezero", "method.crop_mode=squash").edit(sample, 0)
     assert (crop.info["crop_mode"], squash.info["crop_mode"]) == ("center", "squash")
     assert crop.frames.shape == squash.frames.shape == sample.source.shape
     assert np.abs(crop.frames.astype(float) - squash.frames).mean() > 1
     with pytest.raises(InstantiationException, match="crop_mode must be one of"):
-        _method("method.crop_mode=pad")
+        tiny_method("fatezero", "method.crop_mode=pad")
     with pytest.raises(ValueError, match="blend mask"):  # a threshold below every 2² level: no blend layers
-        _method("models.sd14.overrides.attention_max_tokens=1").edit(sample, 0)
+        tiny_method("fatezero", "models.sd14.overrides.attention_max_tokens=1").edit(sample, 0)
 
 
 def test_missing_real_weights_name_the_repository():

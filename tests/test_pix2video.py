@@ -2,7 +2,6 @@
 hand, the reduction to independent per-frame editing, inversion round trip, and the public defaults."""
 from __future__ import annotations
 
-import dataclasses
 from types import SimpleNamespace
 
 import pytest
@@ -11,26 +10,11 @@ import torch
 import run
 from baselines import injection, pix2video, resize
 from harness.results import RunDir
+from tests.conftest import first_sample, tiny_method
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 ROUND_TRIP_TOL = 0.015  # mean |x0 − reconstruction| after 200 DDIM steps each way (tiny UNet, fp32)
-
-
-def _method(*overrides: str, **kw) -> pix2video.Pix2Video:
-    from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
-
-    from tests.conftest import REPO
-
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["method=pix2video", "models=tiny", "device=cpu", *overrides])
-    return instantiate(cfg.method, **kw)
-
-
-def _sample(sample_track, frames: int):
-    full = sample_track.load(sample_track.ids()[0])
-    return dataclasses.replace(full, source=full.source[:frames])
 
 
 def _inputs(method: pix2video.Pix2Video, sample):
@@ -76,7 +60,7 @@ def test_runs_end_to_end_on_the_sample_track(compose, tmp_path):
 def test_decoder_attention_takes_keys_and_values_from_anchor_and_previous_frame(sample_track, monkeypatch):
     """Hooked processors during an edit of 3 frames: frame 0 attends to itself, frame 1 to [0 ‖ 0] (the code's
     concatenation; the same as frame 0 alone), frame 2 to [0 ‖ 1], at the same step, layer and CFG branch."""
-    method = _method()
+    method = tiny_method("pix2video")
     calls = []
     real_call = injection.CrossFrameKVProcessor.__call__
 
@@ -86,7 +70,7 @@ def test_decoder_attention_takes_keys_and_values_from_anchor_and_previous_frame(
         return out
 
     monkeypatch.setattr(injection.CrossFrameKVProcessor, "__call__", recording_call)
-    method.edit(_sample(sample_track, 3), 0)
+    method.edit(first_sample(sample_track, 3), 0)
     monkeypatch.undo()
     layers = {layer for layer, *_ in calls}
     unet = method.m.unet
@@ -110,8 +94,8 @@ def test_decoder_attention_takes_keys_and_values_from_anchor_and_previous_frame(
 @torch.no_grad()
 def test_frame_1_depends_on_frame_0_through_cross_frame_attention(sample_track):
     """Changing frame 0's x_T changes frame 1's output with cross-frame attention, and not without it."""
-    method = _method(latent_update=False)
-    x0, depth, (empty, source, target) = _inputs(method, _sample(sample_track, 2))
+    method = tiny_method("pix2video", latent_update=False)
+    x0, depth, (empty, source, target) = _inputs(method, first_sample(sample_track, 2))
     x_T = method.invert(x0, depth, source)
     moved = x_T.clone()
     moved[0] = torch.randn(moved[0].shape, generator=torch.Generator().manual_seed(0))
@@ -128,8 +112,8 @@ def test_frame_1_depends_on_frame_0_through_cross_frame_attention(sample_track):
 def test_latent_update_pulls_toward_the_previous_frames_prediction(sample_track, monkeypatch):
     """Without cross-frame attention, frame 1 differs from its independent edit only by the update
     x_{t-1} -= 2w(x̂0 − x̂0_prev)/numel at steps i <= until·steps: replayed here from the recorded DDIM steps."""
-    method = _method(cross_frame=False)
-    x0, depth, (empty, source, target) = _inputs(method, _sample(sample_track, 2))
+    method = tiny_method("pix2video", cross_frame=False)
+    x0, depth, (empty, source, target) = _inputs(method, first_sample(sample_track, 2))
     x_T = method.invert(x0, depth, source)
     steps = []
     real_step = method.scheduler.step
@@ -154,8 +138,8 @@ def test_latent_update_pulls_toward_the_previous_frames_prediction(sample_track,
 def test_without_cross_frame_and_update_it_is_independent_per_frame_editing(sample_track, monkeypatch):
     """`cross_frame: false`, `latent_update: false`: the edit's latents equal a per-frame loop written here with the
     same UNet and the public code's DDIM formulas (`next_step`/`prev_step`, two UNet calls per step)."""
-    method = _method(cross_frame=False, latent_update=False)
-    sample = _sample(sample_track, 2)
+    method = tiny_method("pix2video", cross_frame=False, latent_update=False)
+    sample = first_sample(sample_track, 2)
     decoded = []
     vae = method.m.vae
     real_decode = vae.decode
@@ -200,8 +184,9 @@ def test_inversion_then_reconstruction_returns_the_source_latents(sample_track):
     and shrinking with the step count."""
     errors = {}
     for steps in (50, 200):
-        method = _method(f"models.sd2_depth.overrides.steps={steps}", cross_frame=False, latent_update=False)
-        x0, depth, (_, source, _) = _inputs(method, _sample(sample_track, 1))
+        method = tiny_method("pix2video", f"models.sd2_depth.overrides.steps={steps}", cross_frame=False,
+                             latent_update=False)
+        x0, depth, (_, source, _) = _inputs(method, first_sample(sample_track, 1))
         x_T = method.invert(x0, depth, source)
         back, nfe = method.generate(x_T, depth, source, source, 1.0)
         assert nfe == steps
@@ -211,8 +196,8 @@ def test_inversion_then_reconstruction_returns_the_source_latents(sample_track):
 
 
 def test_depth_is_scaled_to_the_latent_grid_in_minus_one_to_one(sample_track):
-    method = _method()
-    x0, depth, _ = _inputs(method, _sample(sample_track, 3))
+    method = tiny_method("pix2video")
+    x0, depth, _ = _inputs(method, first_sample(sample_track, 3))
     assert depth.shape == (3, 1, *x0.shape[-2:])
     flat = depth.flatten(1)
     torch.testing.assert_close(flat.amin(1), -torch.ones(3))
@@ -234,7 +219,7 @@ def test_config_holds_the_public_defaults(compose):
 
 def test_a_flat_depth_map_scales_to_minus_one_not_nan(monkeypatch):
     """A depth estimator that sees no depth cue returns a constant map; min–max scaling must not divide by zero."""
-    method = _method()
+    method = tiny_method("pix2video")
     frames = torch.zeros(2, 3, 64, 64)
 
     class Flat(torch.nn.Module):

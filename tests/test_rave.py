@@ -2,7 +2,6 @@
 against an independent per-frame ControlNet edit, and the end-to-end run on the sample track."""
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import numpy as np
@@ -13,24 +12,9 @@ import run
 from baselines import resize
 from baselines.rave import PADDING, pad_frames, tile, untile
 from harness.results import RunDir
+from tests.conftest import first_sample, tiny_method
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _method(*overrides: str):
-    from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
-
-    from tests.conftest import REPO
-
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["method=rave", "models=tiny", "device=cpu", *overrides])
-    return instantiate(cfg.method)
-
-
-def _short(sample_track, frames: int):
-    full = sample_track.load(sample_track.ids()[0])
-    return dataclasses.replace(full, source=full.source[:frames])
 
 
 @pytest.mark.parametrize("frames, grid", [(14, 3), (14, 2), (9, 3), (5, 1)])
@@ -59,7 +43,7 @@ def test_padding_frames_never_reach_the_output():
 
 
 def test_permutations_are_seeded_and_change_every_step():
-    method = _method()
+    method = tiny_method("rave")
     runs = [[method.permutation(18, gen).tolist() for _ in range(4)] for gen in
             (torch.Generator().manual_seed(0), torch.Generator().manual_seed(0))]
     assert runs[0] == runs[1]
@@ -72,7 +56,7 @@ def test_permutations_are_seeded_and_change_every_step():
 def test_shuffling_changes_the_grid_mates_of_every_frame():
     """The configured method (shuffle: true, RAVE's default) regroups frames between steps; with shuffle: false
     each frame keeps its grid-mates and this test fails."""
-    method = _method()
+    method = tiny_method("rave")
     gen = torch.Generator().manual_seed(0)
     grid = method.grid ** 2
 
@@ -84,9 +68,9 @@ def test_shuffling_changes_the_grid_mates_of_every_frame():
 
 
 def test_shuffling_changes_the_edit(sample_track):
-    sample = _short(sample_track, 5)  # grid 3: padded to 9
-    shuffled = _method().edit(sample, 0)
-    fixed = _method("method.shuffle=false").edit(sample, 0)
+    sample = first_sample(sample_track, 5)  # grid 3: padded to 9
+    shuffled = tiny_method("rave").edit(sample, 0)
+    fixed = tiny_method("rave", "method.shuffle=false").edit(sample, 0)
     assert shuffled.frames.shape == fixed.frames.shape == sample.source.shape
     assert (shuffled.info["shuffle"], fixed.info["shuffle"]) == (True, False)
     assert np.abs(shuffled.frames.astype(float) - fixed.frames).mean() > 0.5
@@ -96,8 +80,8 @@ def test_shuffling_changes_the_edit(sample_track):
 def test_a_grid_of_one_equals_per_frame_controlnet_editing(sample_track):
     """grid_size=1: an independent loop, frame by frame, with RAVE's inversion step written out (its `ddim_step`),
     ControlNet at scale 1 with the empty prompt, then CFG + ControlNet sampling, the first step unguided."""
-    sample = _short(sample_track, 2)
-    method = _method("method.grid_size=1")
+    sample = first_sample(sample_track, 2)
+    method = tiny_method("rave", "method.grid_size=1")
     edit = method.edit(sample, 0)
     assert edit.info["padding_frames"] == 0 and edit.nfe == method.inversion_steps + method.steps
 

@@ -3,7 +3,6 @@ true invariances, the truncated UNet (later blocks never run, features equal a f
 the weights, the UNet restored), the optimization lowering the loss, the schedule, seeding, and end to end."""
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import numpy as np
@@ -13,24 +12,9 @@ import torch
 import run
 from baselines import ddim, spacetime
 from harness.results import RunDir
+from tests.conftest import first_sample, tiny_method
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _method(*overrides: str, **kw) -> spacetime.Spacetime:
-    from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
-
-    from tests.conftest import REPO
-
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["method=spacetime", "models=tiny", "device=cpu", *overrides])
-    return instantiate(cfg.method, **kw)
-
-
-def _short(sample_track, frames: int):
-    full = sample_track.load(sample_track.ids()[0])
-    return dataclasses.replace(full, source=full.source[:frames])
 
 
 def _reference_loss(source: torch.Tensor, target: torch.Tensor) -> float:
@@ -74,7 +58,7 @@ def test_feature_loss_floor_and_its_true_invariances():
 
 
 def test_truncated_forward_stops_after_up_block_1_with_the_full_forwards_features():
-    method = _method()
+    method = tiny_method("spacetime")
     unet = method.m.unet
     g = torch.Generator().manual_seed(0)
     x, text = torch.randn(1, 4, 3, 8, 16, generator=g), torch.randn(1, 77, 32, generator=g)
@@ -136,7 +120,7 @@ def _loss(method, x, t, source_latent, source, target) -> float:
 
 @torch.no_grad()  # as the harness calls methods: the optimization must enable gradients itself
 def test_ten_adam_steps_lower_the_loss_and_no_gradient_reaches_the_weights():
-    method = _method()
+    method = tiny_method("spacetime")
     method.optimization_steps = 10  # the published count (the tiny overrides lower it for the end-to-end runs)
     unet = method.m.unet
     x, source_latent, source, target = _guided_inputs(method)
@@ -152,7 +136,7 @@ def test_ten_adam_steps_lower_the_loss_and_no_gradient_reaches_the_weights():
 
 
 def test_the_edit_restores_the_unet_and_freezes_it_while_optimizing(sample_track, monkeypatch):
-    method = _method()
+    method = tiny_method("spacetime")
     unet = method.m.unet
     g = torch.Generator().manual_seed(2)
     x, text = torch.randn(1, 4, 2, 8, 16, generator=g), torch.randn(1, 77, 32, generator=g)
@@ -170,7 +154,7 @@ def test_the_edit_restores_the_unet_and_freezes_it_while_optimizing(sample_track
         return call(self, *args)
 
     monkeypatch.setattr(spacetime.TruncatedFeatures, "__call__", recording)
-    method.edit(_short(sample_track, 2), 0)
+    method.edit(first_sample(sample_track, 2), 0)
     assert frozen and all(frozen)
     assert [p.requires_grad for p in unet.parameters()] == [any(p is q for q in trainable) for p in unet.parameters()]
     unet.requires_grad_(False)
@@ -183,7 +167,7 @@ def test_the_edit_restores_the_unet_and_freezes_it_while_optimizing(sample_track
 def test_optimization_lowers_the_feature_loss_at_every_guided_step(sample_track, monkeypatch):
     """During a real edit, each guided step's optimized latent has a lower feature loss than the latent it started
     from. Without the optimization (optimization_steps=0, or `optimize` skipped) this fails."""
-    method = _method()
+    method = tiny_method("spacetime")
     seen = []
     optimize = spacetime.Spacetime.optimize
 
@@ -193,7 +177,7 @@ def test_optimization_lowers_the_feature_loss_at_every_guided_step(sample_track,
         return out, losses
 
     monkeypatch.setattr(spacetime.Spacetime, "optimize", recording)
-    edit = method.edit(_short(sample_track, 3), 0)
+    edit = method.edit(first_sample(sample_track, 3), 0)
     _, guided = method.schedule()
     assert len(seen) == guided == edit.info["guided_steps"] == 2
     for x, out, t, source_latent, source, target in seen:
@@ -203,7 +187,7 @@ def test_optimization_lowers_the_feature_loss_at_every_guided_step(sample_track,
 def test_published_schedule_learning_rates_and_inversion_timesteps():
     """50 steps: timesteps 981, …, 1, the first 20 optimized with lr 0.007 → 0.004; the 999-step inversion keeps a
     latent at every sampling timestep; restart makes 2·50 − 1 CFG calls."""
-    method = _method()
+    method = tiny_method("spacetime")
     method.steps = 50
     timesteps, guided = method.schedule()
     assert timesteps.tolist() == list(range(981, 0, -20)) and guided == 20
@@ -226,8 +210,8 @@ def test_low_frequency_initialization_keeps_the_latents_low_and_the_noises_high_
 
 @pytest.mark.slow
 def test_the_seed_makes_the_edit(sample_track):
-    method = _method()
-    sample = _short(sample_track, 3)
+    method = tiny_method("spacetime")
+    sample = first_sample(sample_track, 3)
     a, b, c = method.edit(sample, 0), method.edit(sample, 0), method.edit(sample, 1)
     assert np.array_equal(a.frames, b.frames)
     assert np.abs(a.frames.astype(float) - c.frames).mean() > 0.5

@@ -16,6 +16,7 @@ import run
 from baselines import components, tokenflow
 from baselines.tokenflow import TokenFlowAttnProcessor, TokenFlowState, install, neighbours
 from harness.results import RunDir
+from tests.conftest import tiny_method
 
 TINY = OmegaConf.create({"kind": "sd21", "repo": "stabilityai/stable-diffusion-2-1-base", "tiny": True, "seed": 0})
 ATTN = ["up_blocks.1.attentions.1.transformer_blocks.0.attn1", "up_blocks.2.attentions.0.transformer_blocks.0.attn1",
@@ -49,23 +50,12 @@ def test_group_size_must_divide_the_frame_count(compose, tmp_path):
     assert row.status == "failed" and "group_size=5 must divide the frame count 14" in row.error
 
 
-def _method(*overrides: str, **kw):
-    from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
-
-    from tests.conftest import REPO
-
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["method=tokenflow", "models=tiny", "device=cpu", "method.group_size=2",
-                                                       *overrides])
-    return instantiate(cfg.method, **kw)
-
-
 def test_injection_changes_the_edit(sample_track):
     full = sample_track.load(sample_track.ids()[0])
     sample = dataclasses.replace(full, source=full.source[:4])
-    edit = _method().edit(sample, 0)
-    without = _method(injection_until={"attn": 0, "conv": 0}).edit(sample, 0).frames
+    edit = tiny_method("tokenflow", "method.group_size=2").edit(sample, 0)
+    without = tiny_method("tokenflow", "method.group_size=2",
+                          injection_until={"attn": 0, "conv": 0}).edit(sample, 0).frames
     assert np.abs(edit.frames.astype(float) - without).mean() > 0.5
     info = edit.info
     assert json.loads(json.dumps(info)) == info
@@ -80,14 +70,14 @@ def test_square_clips_run_square(sample_track):
     full = sample_track.load(sample_track.ids()[0])
     sample = dataclasses.replace(full, source=full.source[:2, :, :256], edited_frame=full.edited_frame[:, :256],
                                  mask=None if full.mask is None else full.mask[:, :256])
-    edit = _method().edit(sample, 0)
+    edit = tiny_method("tokenflow", "method.group_size=2").edit(sample, 0)
     assert edit.info["working_size"] == [64, 64]  # the square tiny size (TokenFlow's 512×512), not stretched wide
     assert edit.frames.shape == sample.source.shape
 
 
 def test_configured_layers_and_processors():
     """Extended attention on every self-attention; Q/K injection on the 8 decoder attn1 of PnP; one conv2 hook."""
-    method = _method()
+    method = tiny_method("tokenflow", "method.group_size=2")
     unet = method.m.unet
     state = TokenFlowState(n_branches=3)
     restore = install(unet, state, method.layers["attn"], method.layers["conv"])
@@ -307,7 +297,8 @@ def test_edit_uses_its_variants_starting_latent_and_weights(variant, sample_trac
     monkeypatch.setattr(tokenflow.ddim, "invert", recording_invert)
     monkeypatch.setattr(tokenflow, "neighbours", recording_neighbours)
     monkeypatch.setattr(tokenflow, "install", recording_install)
-    method = _method("models.sd21.overrides.inversion_steps=8", variant=variant)  # inverted up to t=876, sampling from 751
+    # inverted up to t=876, sampling from 751
+    method = tiny_method("tokenflow", "method.group_size=2", "models.sd21.overrides.inversion_steps=8", variant=variant)
     edit = method.edit(sample, 0)
     assert edit.info["variant"] == variant
 
@@ -337,7 +328,7 @@ def test_unknown_variant_is_refused():
     from hydra.errors import InstantiationException
 
     with pytest.raises(InstantiationException, match="variant='official', expected one of"):
-        _method(variant="official")
+        tiny_method("tokenflow", "method.group_size=2", variant="official")
 
 
 def test_config_holds_the_published_defaults(compose):
